@@ -1,0 +1,66 @@
+# Quick start:  make lab   (converge the built-in lab host)   |   make test   (everything CI runs)
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV       ?= .venv
+PYTHON     ?= python3
+BIN        := $(VENV)/bin
+CACHE      := $(CURDIR)/.cache
+export LLM_CACHE_DIR := $(CACHE)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help venv images lab lab-down test lint syntax unit molecule lock clean
+
+help:
+	@echo "make lab       create/reuse the local lab host and run site.yml against it"
+	@echo "make lab-down  remove the lab host"
+	@echo "make test      lint, syntax check, pytest and molecule test --all (what CI runs)"
+
+$(BIN)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+venv: $(BIN)/.installed
+
+# Docker engine + local images (debootstrap, no registry); reused when present.
+images: venv
+	scripts/ensure-docker.sh
+	scripts/build-images.sh
+	scripts/ensure-docker.sh
+
+lab: images
+	$(BIN)/ansible-playbook playbooks/lab_host.yml
+	$(BIN)/ansible-playbook -i inventory/lab site.yml
+	$(BIN)/ansible-playbook -i inventory/lab playbooks/lab_summary.yml
+
+lab-down: venv
+	$(BIN)/ansible-playbook playbooks/lab_host.yml -e lab_host_state=absent
+
+lint: venv
+	$(BIN)/yamllint -s .
+	$(BIN)/ansible-lint --profile production
+	$(BIN)/ruff check .
+
+syntax: venv
+	$(BIN)/ansible-playbook -i inventory/lab --syntax-check site.yml
+	$(BIN)/ansible-playbook -i inventory/production --syntax-check site.yml
+
+unit: venv
+	$(BIN)/pytest -q tests
+
+molecule: images
+	$(BIN)/molecule test --all
+
+test:
+	scripts/run-tests.sh
+
+lock:
+	$(PYTHON) -m venv /tmp/llm-lock-venv && /tmp/llm-lock-venv/bin/pip install -q -r requirements.in
+	( echo '# Pinned control-node environment (generated from requirements.in with `make lock`).'; \
+	  /tmp/llm-lock-venv/bin/pip freeze ) > requirements.txt
+
+clean:
+	rm -rf $(VENV) .cache
