@@ -3,41 +3,43 @@ from __future__ import annotations
 
 import json
 
+from testinfra.host import Host
+
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 API = "http://127.0.0.1:8000"
 
 
-def curl_json(host, *args: str) -> dict:
+def curl_json(host: Host, *args: str) -> dict:
     cmd = host.run("curl -sS --max-time 60 " + " ".join(args))
     assert cmd.rc == 0, cmd.stderr
     return json.loads(cmd.stdout)
 
 
-def test_unit_is_active_and_enabled(host) -> None:
+def test_unit_is_active_and_enabled(host: Host) -> None:
     unit = host.service("llm-stack")
     assert unit.is_running
     assert unit.is_enabled
 
 
-def test_compose_project_runs_engine(host) -> None:
+def test_compose_project_runs_engine(host: Host) -> None:
     out = host.check_output("docker compose --project-directory /opt/llm-stack ps --format json engine")
     states = [json.loads(line) for line in out.splitlines() if line.strip()]
     assert [s["State"] for s in states] == ["running"]
     assert states[0]["Health"] == "healthy"
 
 
-def test_env_file_is_private(host) -> None:
+def test_env_file_is_private(host: Host) -> None:
     env = host.file("/opt/llm-stack/engine.env")
     assert env.mode == 0o600
     assert env.user == "root"
 
 
-def test_models_lists_alias(host) -> None:
+def test_models_lists_alias(host: Host) -> None:
     models = curl_json(host, f"{API}/v1/models")
     assert MODEL in [m["id"] for m in models["data"]]
 
 
-def test_chat_completion_returns_text(host) -> None:
+def test_chat_completion_returns_text(host: Host) -> None:
     body = json.dumps({"model": MODEL, "max_tokens": 32, "temperature": 0,
                        "messages": [{"role": "user", "content": "Name a colour."}]})
     reply = curl_json(host, "-H 'Content-Type: application/json'", f"-d '{body}'", f"{API}/v1/chat/completions")
@@ -46,7 +48,7 @@ def test_chat_completion_returns_text(host) -> None:
     assert reply["usage"]["completion_tokens"] > 0
 
 
-def test_crashed_engine_comes_back(host) -> None:
+def test_crashed_engine_comes_back(host: Host) -> None:
     # A crash, not `docker kill`: Docker treats a kill through its API as a manual stop and does
     # not apply the restart policy to it.
     container = host.check_output("docker compose --project-directory /opt/llm-stack ps -q engine")
