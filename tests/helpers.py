@@ -1,4 +1,4 @@
-"""Shared helpers: import project Python files (modules, scripts) by path."""
+"""Import project Python files (modules, scripts) by path."""
 from __future__ import annotations
 
 import importlib.util
