@@ -11,12 +11,13 @@ export LLM_CACHE_DIR := $(CACHE)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv images lab lab-down test lint syntax unit molecule lock clean
+.PHONY: help venv images lab lab-down test lint syntax unit molecule bench lock clean
 
 help:
 	@echo "make lab       create/reuse the local lab host and run site.yml against it"
 	@echo "make lab-down  remove the lab host"
 	@echo "make test      lint, syntax check, pytest and molecule test --all (what CI runs)"
+	@echo "make bench     benchmarks that print figures (fidelity, client capacity)"
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +57,11 @@ molecule: images
 
 test:
 	scripts/run-tests.sh
+
+# Figures, not pass/fail: see benchmarks/*.py.
+bench: venv
+	$(BIN)/python benchmarks/fidelity.py
+	$(BIN)/python benchmarks/client_capacity.py
 
 lock:
 	rm -rf /tmp/llm-lock-venv && $(PYTHON) -m venv /tmp/llm-lock-venv

@@ -23,6 +23,8 @@ class Script:
     send_usage: bool = True
     send_done: bool = True
     status: int = 200
+    # Write the whole stream at once, as fast as the socket takes it (capacity benchmark).
+    burst: bool = False
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -53,7 +55,10 @@ class Handler(BaseHTTPRequestHandler):
         text = " tok" * script.tokens_per_chunk
         event = ("data: " + json.dumps({"object": "chat.completion.chunk", "model": model,
                                         "choices": [{"index": 0, "delta": {"content": text}}]}) + "\n\n").encode()
-        for i in range(script.chunks):
+        if script.burst:
+            framed = f"{len(event):x}\r\n".encode() + event + b"\r\n"
+            self.wfile.write(framed * script.chunks)
+        for i in range(0 if script.burst else script.chunks):
             if i and script.gap_s:
                 time.sleep(script.gap_s)
             self._chunk(event)

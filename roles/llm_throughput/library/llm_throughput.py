@@ -65,6 +65,7 @@ class RequestResult:
     itl: list[float] = field(default_factory=list)
     prompt_tokens: int = 0
     output_tokens: int = 0
+    server_timings: dict = field(default_factory=dict)
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -164,6 +165,7 @@ class Client:
                 chunk = json.loads(payload)
                 if chunk.get("usage"):
                     usage = chunk["usage"]
+                    result.server_timings = chunk.get("timings") or {}
                 if not any(_has_token(c) for c in chunk.get("choices") or ()):
                     continue
                 if result.ttft == 0.0:
