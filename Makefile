@@ -29,6 +29,7 @@ venv: $(BIN)/.installed
 # Docker engine + local images (debootstrap, no registry); reused when present.
 images: venv
 	scripts/ensure-docker.sh
+	scripts/ensure-compose.sh
 	scripts/build-images.sh
 	scripts/ensure-docker.sh
 

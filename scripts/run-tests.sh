@@ -11,6 +11,7 @@ step() { printf '\n=== %s ===\n' "$*"; }
 step "venv";            make --no-print-directory venv
 step "lint";            make --no-print-directory lint
 step "syntax";          make --no-print-directory syntax
-step "unit tests";      make --no-print-directory unit
-step "images + engine"; make --no-print-directory images
+step "docker + compose"; scripts/ensure-docker.sh && scripts/ensure-compose.sh
+step "pytest";          make --no-print-directory unit
+step "images";          make --no-print-directory images
 step "molecule";        make --no-print-directory molecule

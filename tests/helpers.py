@@ -1,6 +1,7 @@
 """Import project Python files (modules, scripts) by path."""
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import sys
 from pathlib import Path

@@ -67,14 +67,14 @@ class Run:
     report_dir: Path
 
 
-def run_checks(tmp_path: Path, extravars: dict) -> Run:
+def run_playbook(tmp_path: Path, playbook: str, extravars: dict) -> Run:
     reports = tmp_path / "reports"
     (tmp_path / "runner" / "inventory").mkdir(parents=True, exist_ok=True)
     (tmp_path / "runner" / "inventory" / "hosts").write_text(
         f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}\n")
     result = ansible_runner.run(
         private_data_dir=str(tmp_path / "runner"),
-        playbook=str(ROOT / "tests/playbooks/checks.yml"),
+        playbook=str(ROOT / "tests/playbooks" / playbook),
         extravars=extravars,
         envvars={"ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
                  "LLM_REPORT_DIR": str(reports), "ANSIBLE_NOCOLOR": "1",
@@ -82,3 +82,7 @@ def run_checks(tmp_path: Path, extravars: dict) -> Run:
         quiet=True,
     )
     return Run(result.rc, result.stdout.read(), reports)
+
+
+def run_checks(tmp_path: Path, extravars: dict) -> Run:
+    return run_playbook(tmp_path, "checks.yml", extravars)
