@@ -1,0 +1,56 @@
+"""Device id -> architecture (preflight's table) -> driver flavour and branch decisions."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import ROOT, load_path
+
+dec = load_path("nvidia_decisions", "roles/preflight/filter_plugins/nvidia_decisions.py")
+VARS = yaml.safe_load(Path(ROOT / "roles/preflight/vars/main.yml").read_text())
+TABLE = VARS["__preflight_arch_requirements"]
+
+
+def gpu(device_id: str) -> dict:
+    info = VARS["__preflight_nvidia_devices"].get(device_id, VARS["__preflight_unknown_device"])
+    return {"device_id": device_id, **info}
+
+
+def test_table_maps_blackwell_ids() -> None:
+    for device_id in ("2b85", "2b87", "2c02", "2bb1", "2901"):
+        assert gpu(device_id)["architecture"] == "blackwell"
+    assert gpu("2b85")["compute_capability"] == "12.0" and gpu("2b85")["memory_mib"] == 32607
+    assert gpu("2335")["architecture"] == "hopper"  # the H200 of the real capture
+
+
+def test_rtx_5090_needs_open_modules_and_570() -> None:
+    req = dec.driver_requirements([gpu("2b85")], TABLE)
+    assert req["open_required"] and req["min_branch"] == 570 and req["architectures"] == ["blackwell"]
+    assert dec.driver_choice_errors(req, "open", "570") == []
+    assert dec.driver_choice_errors(req, "open", "580.95.05") == []
+
+
+@pytest.mark.parametrize(("flavor", "branch", "message"), [
+    ("proprietary", "570", "nvidia_driver_flavor=proprietary cannot drive blackwell GPUs"),
+    ("open", "565", "nvidia_driver_branch=565 is too old for blackwell GPUs: they need branch 570 or newer"),
+    ("closed", "570", "nvidia_driver_flavor must be open or proprietary"),
+    ("open", "latest", "nvidia_driver_branch must be a driver branch"),
+])
+def test_bad_choices_for_blackwell(flavor: str, branch: str, message: str) -> None:
+    errors = dec.driver_choice_errors(dec.driver_requirements([gpu("2b85")], TABLE), flavor, branch)
+    assert any(message in e for e in errors), errors
+
+
+def test_hopper_accepts_proprietary_and_mixed_host_takes_strictest() -> None:
+    hopper = dec.driver_requirements([gpu("2330")], TABLE)
+    assert not hopper["open_required"] and hopper["min_branch"] == 525
+    assert dec.driver_choice_errors(hopper, "proprietary", "535") == []
+    mixed = dec.driver_requirements([gpu("2330"), gpu("2b85")], TABLE)
+    assert mixed["open_required"] and mixed["min_branch"] == 570
+
+
+def test_unknown_ids_are_reported_not_guessed() -> None:
+    req = dec.driver_requirements([gpu("ffff")], TABLE)
+    assert req["architectures"] == ["unknown"] and req["unknown_device_ids"] == ["ffff"]
+    assert req["min_branch"] == 0 and not req["open_required"]
