@@ -31,6 +31,7 @@ images: venv
 	scripts/ensure-docker.sh
 	scripts/ensure-compose.sh
 	scripts/build-images.sh
+	scripts/build-vendor-mirror.sh
 	scripts/ensure-docker.sh
 
 lab: images
