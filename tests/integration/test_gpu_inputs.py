@@ -1,0 +1,50 @@
+"""Bad driver inputs fail before any change, naming the variable (a simulated RTX 5090 on a fixture sysfs)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from llm_fixture import run_playbook
+
+SOURCES = Path("/etc/apt/sources.list.d/nvidia-cuda.sources")
+
+
+def fixture_sysfs(root: Path, device: str = "2b85") -> Path:
+    dev = root / "sysfs/bus/pci/devices/0000:01:00.0"
+    dev.mkdir(parents=True)
+    for name, value in {"vendor": "0x10de", "device": f"0x{device}", "class": "0x030000"}.items():
+        (dev / name).write_text(value + "\n")
+    return root / "sysfs"
+
+
+def run(tmp_path: Path, **extra: object) -> str:
+    variables = {"preflight_sysfs_root": str(fixture_sysfs(tmp_path)), "preflight_min_memory_mb": 512,
+                 "preflight_min_disk_gb": 1, **extra}
+    result = run_playbook(tmp_path, "gpu_inputs.yml", variables)
+    assert result.rc != 0, result.output[-2000:]
+    assert not SOURCES.exists(), "a repository was configured although the inputs were bad"
+    return result.output
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    ({"nvidia_driver_flavor": "proprietary"},
+     "nvidia_driver_flavor=proprietary cannot drive blackwell GPUs: they need the open kernel modules"),
+    ({"nvidia_driver_branch": "565"},
+     "nvidia_driver_branch=565 is too old for blackwell GPUs: they need branch 570 or newer"),
+    ({"nvidia_driver_provider": "nouveau"},
+     "value of nvidia_driver_provider must be one of: cuda_repo, rpmfusion, got: nouveau"),
+    ({"nvidia_driver_provider": "rpmfusion"},
+     "nvidia_driver_provider must be cuda_repo, or rpmfusion on Fedora; got 'rpmfusion' on Debian"),
+    ({"preflight_secure_boot": "enabled"},
+     "Secure Boot is enabled on localhost: the NVIDIA kernel module will only load once its"),
+])
+def test_bad_driver_inputs_fail_before_any_change(tmp_path: Path, extra: dict, message: str) -> None:
+    output = run(tmp_path, **extra)
+    assert message in output, output[-3000:]
+
+
+def test_secure_boot_message_gives_console_steps_and_the_variable(tmp_path: Path) -> None:
+    output = run(tmp_path, preflight_secure_boot="enabled")
+    assert "mokutil --import /var/lib/dkms/mok.pub" in output
+    assert "nvidia_driver_secure_boot_enrolled=true" in output
+    assert "Nothing was changed" in output
