@@ -3,6 +3,7 @@
 #   local/debian:<suite>-minbase  debootstrap --variant=minbase, imported
 #   local/llm-base:bookworm       python3 + venv: base of the lab's llama.cpp engine image
 #   local/debian:<suite>          systemd test host (bookworm on llm-base, so the layers are shared)
+#   local/fedora42-sim            SIMULATED Fedora 42 (forky + dnf5/rpm), for molecule/fedora42_sim
 # Existing images are reused; FORCE=1 rebuilds.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +39,21 @@ for suite in $suites; do
     docker build -q --build-arg "BASE=$base" -t "local/debian:$suite" -f tests/images/systemd-host.Dockerfile tests/images >/dev/null
   fi
 done
+# SIMULATED Fedora 42 host (molecule/fedora42_sim): a forky userland with Debian's dnf5 and rpm. Bookworm's
+# debootstrap has no forky script; sid's fits.
+if [ "${FEDORA_SIM:-1}" = 1 ] && ! have local/fedora42-sim; then
+  if ! have local/debian:forky-minbase; then
+    root=$(mktemp -d /tmp/minbase-forky.XXXX)
+    log "debootstrap forky from $mirror"
+    debootstrap --variant=minbase --include=ca-certificates forky "$root" "$mirror" /usr/share/debootstrap/scripts/sid \
+      >/tmp/debootstrap-forky.log 2>&1 || { tail -n 30 /tmp/debootstrap-forky.log >&2; exit 1; }
+    tar -C "$root" -c . | docker import - local/debian:forky-minbase >/dev/null
+    rm -rf "$root"
+  fi
+  log "building local/fedora42-sim"
+  docker build -q -t local/fedora42-sim -f tests/images/fedora42-sim.Dockerfile tests/images >/dev/null
+fi
+
 # The lab host has its own Docker engine and no registry: llm_stack loads this archive there.
 archive=.cache/images/llm-base-bookworm.tar
 if [ "${FORCE:-0}" = 1 ] || [ ! -s "$archive" ]; then
