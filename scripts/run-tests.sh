@@ -12,6 +12,6 @@ step "venv";            make --no-print-directory venv
 step "lint";            make --no-print-directory lint
 step "syntax";          make --no-print-directory syntax
 step "docker + compose"; scripts/ensure-docker.sh && scripts/ensure-compose.sh
-step "pytest";          make --no-print-directory unit
 step "images";          make --no-print-directory images
+step "pytest";          make --no-print-directory unit
 step "molecule";        make --no-print-directory molecule

@@ -67,6 +67,8 @@ def test_container_toolkit_pinned_and_held(host: Host) -> None:
 def test_docker_has_the_nvidia_runtime(host: Host) -> None:
     daemon = json.loads(host.file("/etc/docker/daemon.json").content_string)
     assert daemon["runtimes"]["nvidia"]["path"] == "nvidia-container-runtime"
+    # container_engine's options and nvidia-ctk's runtime live side by side: neither clobbered the other.
+    assert daemon["log-driver"] == "json-file" and daemon["log-opts"] == {"max-size": "10m"}
     assert "nvidia" in host.check_output("docker info --format '{{json .Runtimes}}'")
     assert host.service("docker").is_running
 

@@ -1,0 +1,92 @@
+"""vLLM model staging, run for real against fixtures: tiktoken files from a local HTTP server (sha256-checked) and
+the weight download through a SIMULATED vLLM image (tests/fixtures/vllm-sim) with progress lines; a re-run
+downloads nothing."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import threading
+from functools import partial
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from helpers import ROOT
+from llm_fixture import run_playbook
+
+IMAGE = "local/vllm-sim:test"
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:
+        return
+
+
+@pytest.fixture(scope="module")
+def vllm_sim_image() -> str:
+    base = subprocess.run(["docker", "image", "inspect", "local/llm-base:bookworm"], capture_output=True)
+    assert base.returncode == 0, "local/llm-base:bookworm is missing: run `make images` first"
+    subprocess.run(["docker", "build", "-q", "-t", IMAGE, str(ROOT / "tests/fixtures/vllm-sim")],
+                   check=True, capture_output=True)
+    return IMAGE
+
+
+def serve(directory: Path) -> tuple[ThreadingHTTPServer, str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(directory)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def test_staging_downloads_once_with_progress(tmp_path: Path, vllm_sim_image: str) -> None:
+    encodings = tmp_path / "encodings"
+    encodings.mkdir()
+    files = []
+    for name in ("o200k_base.tiktoken", "cl100k_base.tiktoken"):
+        data = f"fixture {name}\n".encode()
+        (encodings / name).write_bytes(data)
+        files.append({"name": name, "sha256": hashlib.sha256(data).hexdigest()})
+    server, url = serve(encodings)
+    cache, tiktoken = tmp_path / "hf-cache", tmp_path / "tiktoken"
+    variables = {"llm_engine": "vllm", "llm_stack_vllm_image": vllm_sim_image.split(":")[0],
+                 "llm_stack_vllm_version": "test", "llm_stack_hf_cache_dir": str(cache),
+                 "llm_stack_tiktoken_dir": str(tiktoken), "llm_stack_tiktoken_base_url": url,
+                 "llm_stack_tiktoken_files": files, "llm_stack_hf_token": "hf_stage_test_token",
+                 "llm_stack_vllm_stage_poll_s": 2, "llm_stack_vllm_stage_timeout_s": 120}
+    try:
+        first = run_playbook(tmp_path / "first", "stage_vllm.yml", variables)
+        second = run_playbook(tmp_path / "second", "stage_vllm.yml", variables)
+    finally:
+        server.shutdown()
+    assert first.rc == 0, first.output[-3000:]
+    assert "GiB in the HF cache after" in first.output and "(done)" in first.output
+    for spec in files:
+        assert (tiktoken / spec["name"]).read_bytes() == (encodings / spec["name"]).read_bytes()
+    snapshot = cache / "hub/models--openai--gpt-oss-20b/snapshots/simulated"
+    assert len(list(snapshot.glob("*.safetensors"))) == 4
+    seen = json.loads((cache / "simulated-download.json").read_text())
+    assert seen == {"repo_id": "openai/gpt-oss-20b", "token_seen": True, "endpoint": ""}
+    assert (cache / ".staged-openai--gpt-oss-20b").read_text().strip() == "openai/gpt-oss-20b"
+    assert "hf_stage_test_token" not in first.output
+    # The re-run finds everything staged: nothing downloaded, nothing changed.
+    assert second.rc == 0, second.output[-3000:]
+    assert "changed=0" in second.output
+    assert "GiB in the HF cache after" not in second.output
+
+
+def test_wrong_tiktoken_checksum_fails(tmp_path: Path, vllm_sim_image: str) -> None:
+    encodings = tmp_path / "encodings"
+    encodings.mkdir()
+    (encodings / "o200k_base.tiktoken").write_bytes(b"tampered\n")
+    server, url = serve(encodings)
+    variables = {"llm_engine": "vllm", "llm_stack_vllm_image": vllm_sim_image.split(":")[0],
+                 "llm_stack_vllm_version": "test", "llm_stack_hf_cache_dir": str(tmp_path / "hf"),
+                 "llm_stack_tiktoken_dir": str(tmp_path / "tt"), "llm_stack_tiktoken_base_url": url,
+                 "llm_stack_tiktoken_files": [{"name": "o200k_base.tiktoken", "sha256": "0" * 64}]}
+    try:
+        run = run_playbook(tmp_path / "run", "stage_vllm.yml", variables)
+    finally:
+        server.shutdown()
+    assert run.rc != 0
+    assert "checksum" in run.output.lower()
+    assert not (tmp_path / "tt/o200k_base.tiktoken").exists()
