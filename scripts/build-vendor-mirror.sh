@@ -12,7 +12,12 @@ kernel=${KERNEL:-$(uname -r)}
 stamp=$(cat "$0" "$src"/*.in | sha1sum | cut -c1-12)-$kernel
 [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$stamp" ] && exit 0
 log() { printf '[vendor-mirror] %s\n' "$*" >&2; }
-command -v apt-ftparchive >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq apt-utils >/dev/null; }
+need=()
+command -v apt-ftparchive >/dev/null || need+=(apt-utils)
+command -v gpg >/dev/null || need+=(gnupg)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
 rm -rf "$out" && mkdir -p "$out/nvidia-cuda" "$out/libnvidia-container"
 work=$(mktemp -d) && trap 'rm -rf "$work"' EXIT
 
