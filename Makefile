@@ -11,12 +11,12 @@ export LLM_CACHE_DIR := $(CACHE)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv images lab lab-down test lint syntax unit molecule bench lock clean
+.PHONY: help venv images lab-images lab lab-down test lint syntax unit molecule bench lock clean
 
 help:
 	@echo "make lab       create/reuse the local lab host and run site.yml against it"
 	@echo "make lab-down  remove the lab host"
-	@echo "make test      lint, syntax check, pytest and molecule test --all (what CI runs)"
+	@echo "make test      lint, syntax check, pytest and molecule test --all: default, gpu_sim, fedora42_sim (what CI runs)"
 	@echo "make bench     benchmarks that print figures (fidelity, client capacity)"
 
 $(BIN)/.installed: requirements.txt
@@ -34,7 +34,13 @@ images: venv
 	scripts/build-vendor-mirror.sh
 	scripts/ensure-docker.sh
 
-lab: images
+# The lab needs only the bookworm images (not trixie, the Fedora simulation or the vendor mirror).
+lab-images: venv
+	scripts/ensure-docker.sh
+	SUITES=bookworm FEDORA_SIM=0 scripts/build-images.sh
+	scripts/ensure-docker.sh
+
+lab: lab-images
 	$(BIN)/ansible-playbook playbooks/lab_host.yml
 	$(BIN)/ansible-playbook -i inventory/lab site.yml
 	$(BIN)/ansible-playbook -i inventory/lab playbooks/lab_summary.yml
