@@ -11,13 +11,14 @@ export LLM_CACHE_DIR := $(CACHE)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv images lab-images lab lab-down test lint syntax unit molecule bench lock clean
+.PHONY: help venv images lab-images lab lab-down test lint syntax unit molecule bench collection lock clean
 
 help:
 	@echo "make lab       create/reuse the local lab host and run site.yml against it"
 	@echo "make lab-down  remove the lab host"
 	@echo "make test      lint, syntax check, pytest and molecule test --all: default, gpu_sim, fedora42_sim (what CI runs)"
 	@echo "make bench     benchmarks that print figures (fidelity, client capacity)"
+	@echo "make collection  build the collection artifact llm_endpoints.core into .cache/dist"
 
 $(BIN)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -70,6 +71,9 @@ test:
 bench: venv
 	$(BIN)/python benchmarks/fidelity.py
 	$(BIN)/python benchmarks/client_capacity.py
+
+collection: venv
+	$(BIN)/ansible-galaxy collection build --force --output-path $(CACHE)/dist .
 
 lock:
 	rm -rf /tmp/llm-lock-venv && $(PYTHON) -m venv /tmp/llm-lock-venv

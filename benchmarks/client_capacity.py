@@ -16,12 +16,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / ".collection")]
 
-from helpers import load_path  # noqa: E402
+from ansible_collections.llm_endpoints.core.plugins.modules import llm_throughput as tp  # noqa: E402
 from sse_server import Script, serve  # noqa: E402
-
-tp = load_path("llm_throughput", "roles/llm_throughput/library/llm_throughput.py")
 
 
 def server_process(port_queue: multiprocessing.Queue, chunks: int) -> None:
@@ -46,7 +44,7 @@ def main() -> int:
     proc = multiprocessing.Process(target=server_process, args=(queue, args.tokens), daemon=True)
     proc.start()
     url = queue.get(timeout=10)
-    client = tp.Client(url, "synthetic", "", 60.0)
+    client = tp.OpenAIEndpoint(url, "synthetic", "", 60.0)
     print(f"synthetic SSE server: {args.tokens} tokens/request, 1 token/chunk; {args.requests} requests/level")
     print(f"{'concurrency':>11} {'completed':>9} {'output tok/s':>13} {'client CPU (% of a core)':>25} "
           f"{'CPU us/token':>13}")

@@ -14,12 +14,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT / ".collection")]
 
-from helpers import load_path  # noqa: E402
+from ansible_collections.llm_endpoints.core.plugins.modules import llm_throughput as tp  # noqa: E402
 from llm_fixture import running_engine  # noqa: E402
-
-tp = load_path("llm_throughput", "roles/llm_throughput/library/llm_throughput.py")
 
 
 def main() -> int:
@@ -28,7 +26,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=128)
     args = parser.parse_args()
     with running_engine() as engine:
-        client = tp.Client(engine.url, engine.model, engine.api_key, 120.0)
+        client = tp.OpenAIEndpoint(engine.url, engine.model, engine.api_key, 120.0)
         tp.run_level(client, tp.DEFAULT_PROMPTS, 1, 1, 16, True, 60.0)  # warm-up
         results, duration = tp.run_level(client, tp.DEFAULT_PROMPTS, 1, args.requests, args.max_tokens, True, 600.0)
     ok = [r for r in results if r.success and r.server_timings.get("predicted_ms")]

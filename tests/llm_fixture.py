@@ -67,16 +67,18 @@ class Run:
     report_dir: Path
 
 
-def run_playbook(tmp_path: Path, playbook: str, extravars: dict) -> Run:
+def run_playbook(tmp_path: Path, playbook: str, extravars: dict, collections_path: Path | None = None) -> Run:
+    """Run a playbook on localhost; with collections_path, from a collection installed there, not this checkout."""
     reports = tmp_path / "reports"
     (tmp_path / "runner" / "inventory").mkdir(parents=True, exist_ok=True)
     (tmp_path / "runner" / "inventory" / "hosts").write_text(
-        f"localhost ansible_connection=local ansible_python_interpreter={sys.executable}\n")
+        f"[llm_hosts]\nlocalhost ansible_connection=local ansible_python_interpreter={sys.executable}\n")
     result = ansible_runner.run(
         private_data_dir=str(tmp_path / "runner"),
-        playbook=str(ROOT / "tests/playbooks" / playbook),
+        playbook=playbook if Path(playbook).is_absolute() else str(ROOT / "tests/playbooks" / playbook),
         extravars=extravars,
-        envvars={"ANSIBLE_ROLES_PATH": str(ROOT / "roles"), "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+        envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+                 "ANSIBLE_COLLECTIONS_PATH": str(collections_path or ROOT / ".collection"),
                  "LLM_REPORT_DIR": str(reports), "ANSIBLE_NOCOLOR": "1",
                  "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"},
         quiet=True,

@@ -10,14 +10,16 @@ LAB_THROUGHPUT = {"llm_throughput_concurrency": [1, 2], "llm_throughput_requests
                   "llm_throughput_max_tokens": 24, "llm_throughput_warmup_requests": 1}
 
 
-def good_vars(engine: Engine) -> dict:
-    return {"llm_stack_port": engine.port, "llm_stack_served_model_name": engine.model,
+def good_vars(engine: Engine, tmp_path: Path) -> dict:
+    return {"llm_stack_engine": "llamacpp_cpu", "llm_stack_dir": str(tmp_path / "stack"),
+            "llm_stack_port": engine.port, "llm_stack_served_model_name": engine.model,
             "llm_stack_api_key": engine.api_key, "llm_smoke_profile": "smollm2-135m",
+            "preflight_min_memory_mb": 512, "preflight_min_disk_gb": 1,
             "llm_report_run_id": "itest", **LAB_THROUGHPUT}
 
 
 def test_healthy_engine_passes_and_reports(engine: Engine, tmp_path: Path) -> None:
-    run = run_checks(tmp_path, good_vars(engine))
+    run = run_checks(tmp_path, good_vars(engine, tmp_path))
     assert run.rc == 0, run.output[-3000:]
     run_dir = run.report_dir / "itest"
     report = json.loads((run_dir / "localhost.json").read_text())
@@ -30,6 +32,11 @@ def test_healthy_engine_passes_and_reports(engine: Engine, tmp_path: Path) -> No
     assert [lvl["max_concurrency"] for lvl in levels] == [1, 2]
     assert all(lvl["completed"] == 3 and lvl["total_output_tokens"] > 0 for lvl in levels)
     assert report["memory"]["quantization"] == "Q4_1"
+    # The deployment fact as llm_stack sets it, and the system as preflight found it.
+    assert report["deployment"]["engine"] == "llamacpp_cpu"
+    assert report["deployment"]["served_model_name"] == engine.model
+    assert report["deployment"]["api_key_required"] is True
+    assert report["system"]["gpu_mode"] == "cpu" and report["system"]["nvidia_driver"] is None
     assert "| prompt:code | pass |" in (run_dir / "localhost.md").read_text()
     assert "| localhost | pass |" in (run_dir / "fleet.md").read_text()
     assert (run_dir / "localhost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -39,7 +46,7 @@ def test_healthy_engine_passes_and_reports(engine: Engine, tmp_path: Path) -> No
 
 
 def test_wrong_model_name_fails_with_clear_message(engine: Engine, tmp_path: Path) -> None:
-    run = run_checks(tmp_path, {**good_vars(engine), "llm_stack_served_model_name": "openai/gpt-oss-20b"})
+    run = run_checks(tmp_path, {**good_vars(engine, tmp_path), "llm_stack_served_model_name": "openai/gpt-oss-20b"})
     assert run.rc != 0
     assert "check 'models': expected 'openai/gpt-oss-20b' among the served model ids" in run.output
     assert f"ids=['{engine.model}']" in run.output
@@ -48,7 +55,7 @@ def test_wrong_model_name_fails_with_clear_message(engine: Engine, tmp_path: Pat
 
 def test_api_key_mismatch_fails_with_clear_message(engine: Engine, tmp_path: Path) -> None:
     wrong = "wrong-key-for-the-test"
-    run = run_checks(tmp_path, {**good_vars(engine), "llm_stack_api_key": wrong})
+    run = run_checks(tmp_path, {**good_vars(engine, tmp_path), "llm_stack_api_key": wrong})
     assert run.rc != 0
     assert "check 'auth:with-key': expected HTTP 200 with the API key" in run.output
     assert "came back: HTTP 401" in run.output
@@ -56,13 +63,22 @@ def test_api_key_mismatch_fails_with_clear_message(engine: Engine, tmp_path: Pat
 
 
 def test_too_high_threshold_fails_with_measured_and_required(engine: Engine, tmp_path: Path) -> None:
-    run = run_checks(tmp_path, {**good_vars(engine), "llm_throughput_min_decode_tps": 100000})
+    run = run_checks(tmp_path, {**good_vars(engine, tmp_path), "llm_throughput_min_decode_tps": 100000})
     assert run.rc != 0
     assert "single-stream decode: measured" in run.output
     assert "required 100000 (llm_throughput_min_decode_tps" in run.output
 
 
 def test_unknown_smoke_profile_fails_before_any_request(engine: Engine, tmp_path: Path) -> None:
-    run = run_checks(tmp_path, {**good_vars(engine), "llm_smoke_profile": "nonexistent"})
+    run = run_checks(tmp_path, {**good_vars(engine, tmp_path), "llm_smoke_profile": "nonexistent"})
     assert run.rc != 0
     assert "llm_smoke_profile 'nonexistent' is unknown" in run.output
+
+
+def test_report_fails_loudly_on_a_malformed_producer_fact(engine: Engine, tmp_path: Path) -> None:
+    # As if llm_stack had renamed its deployment keys: the report names what is missing instead of printing n/a.
+    run = run_checks(tmp_path, {**good_vars(engine, tmp_path), "llm_stack_deployment": {"engine": "llamacpp_cpu"}})
+    assert run.rc != 0
+    assert "missing required arguments" in run.output and "found in llm_stack_deployment" in run.output
+    assert "served_model_name" in run.output
+    assert not (run.report_dir / "itest").exists()

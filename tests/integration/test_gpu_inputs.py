@@ -43,6 +43,21 @@ def test_bad_driver_inputs_fail_before_any_change(tmp_path: Path, extra: dict, m
     assert message in output, output[-3000:]
 
 
+@pytest.mark.parametrize(("old", "new"), [
+    ("nvidia_driver_repo_url", "nvidia_cuda_repo_url"),
+    ("nvidia_driver_repo_key_url", "nvidia_cuda_repo_key_url"),
+    ("nvidia_driver_boot_config", "llm_host_boot_loader"),
+])
+def test_a_variable_renamed_in_0_2_0_fails_naming_its_new_name(tmp_path: Path, old: str, new: str) -> None:
+    output = run(tmp_path, **{old: "http://mirror.example/cuda" if old.endswith("url") else False})
+    assert f"{old} is now {new}" in output, output[-3000:]
+
+
+def test_driver_without_the_facts_of_preflight_fails_naming_them(tmp_path: Path) -> None:
+    output = run(tmp_path, gpu_inputs_without_preflight=True)
+    assert "missing required arguments: preflight_gpu_mode, preflight_secure_boot" in output, output[-3000:]
+
+
 def test_secure_boot_message_gives_console_steps_and_the_variable(tmp_path: Path) -> None:
     output = run(tmp_path, preflight_secure_boot="enabled")
     assert "mokutil --import /var/lib/dkms/mok.pub" in output

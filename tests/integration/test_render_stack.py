@@ -27,7 +27,7 @@ HF_TOKEN = "hf_render_test_token"
 def render(tmp_path: Path, gpu: dict, **extra: object) -> tuple[dict, str, Path]:
     stack = tmp_path / "stack"
     stack.mkdir()
-    variables = {"llm_engine": "vllm", "llm_stack_dir": str(stack), "preflight_gpu_mode": "nvidia",
+    variables = {"llm_stack_engine": "vllm", "llm_stack_dir": str(stack), "preflight_gpu_mode": "nvidia",
                  "preflight_nvidia_gpus": [gpu], "llm_stack_served_model_name": "openai/gpt-oss-20b",
                  "llm_stack_api_key": API_KEY, "llm_stack_hf_token": HF_TOKEN, **extra}
     run = run_playbook(tmp_path, "render_stack.yml", variables)
@@ -110,7 +110,7 @@ def test_load_beyond_the_kv_cache_warns(tmp_path: Path) -> None:
 
 
 def test_llamacpp_cuda_profile(tmp_path: Path) -> None:
-    engine, _, stack = render(tmp_path, RTX_5090, llm_engine="llamacpp")
+    engine, _, stack = render(tmp_path, RTX_5090, llm_stack_engine="llamacpp_cuda")
     cmd = engine["command"]
     assert engine["image"] == "ghcr.io/ggml-org/llama.cpp:server-cuda"
     assert arg(cmd, "--model") == "/models/gpt-oss-20b-mxfp4.gguf"
@@ -129,7 +129,11 @@ BAD_INPUTS = [
     ({"llm_stack_vllm_gpu_memory_utilization": 0}, f"{UTIL} 0"),
     ({"llm_stack_vllm_max_model_len": 262144},
      "llm_stack_vllm_max_model_len is 262144; openai/gpt-oss-20b supports at most 131072"),
-    ({"llm_engine": "tgi"}, "value of llm_engine must be one of: llamacpp, vllm, got: tgi"),
+    ({"llm_stack_engine": "tgi"},
+     "value of llm_stack_engine must be one of: vllm, llamacpp_cpu, llamacpp_cuda, got: tgi"),
+    ({"llm_engine": "vllm"}, "llm_engine is now llm_stack_engine (vllm, llamacpp_cpu or llamacpp_cuda)"),
+    ({"llm_stack_vllm_version": "latest"}, "llm_stack_vllm_version 'latest' is not a version (such as v0.11.0)"),
+    ({"preflight_gpu_mode": "gpu"}, "preflight_gpu_mode must be one of: nvidia, cpu, got: gpu"),
     ({"llm_stack_vllm_model": "meta-llama/Llama-3.1-8B-Instruct", "llm_stack_hf_token": ""},
      "gated on Hugging Face: set llm_stack_hf_token"),
 ]
@@ -138,7 +142,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize(("extra", "message"), BAD_INPUTS)
 def test_bad_inputs_fail_before_any_change(tmp_path: Path, extra: dict, message: str) -> None:
     stack = tmp_path / "stack-never-created"
-    variables = {"llm_engine": "vllm", "llm_stack_dir": str(stack), "preflight_gpu_mode": "nvidia",
+    variables = {"llm_stack_engine": "vllm", "llm_stack_dir": str(stack), "preflight_gpu_mode": "nvidia",
                  "preflight_nvidia_gpus": [RTX_5090], "llm_stack_served_model_name": "m", **extra}
     run = run_playbook(tmp_path, "stack.yml", variables)
     assert run.rc != 0

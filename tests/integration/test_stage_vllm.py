@@ -16,6 +16,12 @@ from helpers import ROOT
 from llm_fixture import run_playbook
 
 IMAGE = "local/vllm-sim:test"
+# A simulated RTX 5090 host, as preflight describes it.
+GPU_HOST = {"llm_stack_engine": "vllm", "llm_stack_served_model_name": "openai/gpt-oss-20b",
+            "llm_stack_vllm_version": "test", "llm_stack_vllm_attention_backend": "auto",
+            "preflight_gpu_mode": "nvidia",
+            "preflight_nvidia_gpus": [{"pci_address": "0000:01:00.0", "device_id": "2b85", "name": "GeForce RTX 5090",
+                                       "architecture": "blackwell", "compute_capability": "12.0", "memory_mib": 32607}]}
 
 
 class QuietHandler(SimpleHTTPRequestHandler):
@@ -48,8 +54,9 @@ def test_staging_downloads_once_with_progress(tmp_path: Path, vllm_sim_image: st
         files.append({"name": name, "sha256": hashlib.sha256(data).hexdigest()})
     server, url = serve(encodings)
     cache, tiktoken = tmp_path / "hf-cache", tmp_path / "tiktoken"
-    variables = {"llm_engine": "vllm", "llm_stack_vllm_image": vllm_sim_image.split(":")[0],
-                 "llm_stack_vllm_version": "test", "llm_stack_hf_cache_dir": str(cache),
+    variables = {**GPU_HOST, "llm_stack_dir": str(tmp_path / "stack"),
+                 "llm_stack_vllm_image": vllm_sim_image.split(":")[0],
+                 "llm_stack_hf_cache_dir": str(cache),
                  "llm_stack_tiktoken_dir": str(tiktoken), "llm_stack_tiktoken_base_url": url,
                  "llm_stack_tiktoken_files": files, "llm_stack_hf_token": "hf_stage_test_token",
                  "llm_stack_vllm_stage_poll_s": 2, "llm_stack_vllm_stage_timeout_s": 120}
@@ -79,8 +86,9 @@ def test_wrong_tiktoken_checksum_fails(tmp_path: Path, vllm_sim_image: str) -> N
     encodings.mkdir()
     (encodings / "o200k_base.tiktoken").write_bytes(b"tampered\n")
     server, url = serve(encodings)
-    variables = {"llm_engine": "vllm", "llm_stack_vllm_image": vllm_sim_image.split(":")[0],
-                 "llm_stack_vllm_version": "test", "llm_stack_hf_cache_dir": str(tmp_path / "hf"),
+    variables = {**GPU_HOST, "llm_stack_dir": str(tmp_path / "stack"),
+                 "llm_stack_vllm_image": vllm_sim_image.split(":")[0],
+                 "llm_stack_hf_cache_dir": str(tmp_path / "hf"),
                  "llm_stack_tiktoken_dir": str(tmp_path / "tt"), "llm_stack_tiktoken_base_url": url,
                  "llm_stack_tiktoken_files": [{"name": "o200k_base.tiktoken", "sha256": "0" * 64}]}
     try:

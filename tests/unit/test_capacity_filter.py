@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import pytest
-from helpers import load_path
-
-cap = load_path("llm_capacity", "roles/llm_stack/filter_plugins/llm_capacity.py")
+from ansible_collections.llm_endpoints.core.plugins.filter import llm_capacity as cap
 
 GIB = 1024**3
 GPT_OSS_20B = {"layers": 24, "kv_heads": 8, "head_dim": 64, "dtype_bytes": 2,

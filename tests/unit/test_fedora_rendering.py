@@ -1,5 +1,9 @@
 """The Fedora 42 path of the GPU roles, rendered from the roles' own variables and task arguments with Fedora 42
-facts (no Fedora host is reachable here; molecule's fedora42_sim is where dnf5 itself runs them)."""
+facts (no Fedora host is reachable here; molecule's fedora42_sim is where dnf5 itself runs them).
+
+The roles load their OS variables in layers (os family, distribution, distribution-major) and hand repositories,
+packages and locks to the internal role vendor_repo: a test renders a role's call to vendor_repo, then
+vendor_repo's dnf5 tasks with what the call passed."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,6 +18,13 @@ from helpers import ROOT
 FEDORA_42 = {"distribution": "Fedora", "distribution_major_version": "42", "distribution_version": "42",
              "distribution_release": "", "os_family": "RedHat", "architecture": "x86_64",
              "kernel": "6.14.0-63.fc42.x86_64"}
+DEBIAN_12 = {"distribution": "Debian", "distribution_major_version": "12", "distribution_version": "12.11",
+             "distribution_release": "bookworm", "os_family": "Debian", "architecture": "x86_64",
+             "kernel": "6.1.0-37-amd64"}
+UBUNTU_2404 = {"distribution": "Ubuntu", "distribution_major_version": "24", "distribution_version": "24.04",
+               "distribution_release": "noble", "os_family": "Debian", "architecture": "x86_64",
+               "kernel": "6.8.0-60-generic"}
+VENDOR_REPO = "llm_endpoints.core.vendor_repo"
 
 
 def trusted(value: Any) -> Any:
@@ -26,19 +37,35 @@ def trusted(value: Any) -> Any:
     return value
 
 
-def role_vars(role: str, distro_file: str, **overrides: Any) -> dict[str, Any]:
-    variables: dict[str, Any] = {}
-    for rel in ("defaults/main.yml", "vars/main.yml", f"vars/{distro_file}"):
-        variables.update(yaml.safe_load((ROOT / "roles" / role / rel).read_text()) or {})
+def load(role: str, rel: str) -> dict[str, Any]:
+    path = ROOT / "roles" / role / rel
+    return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
+
+
+def vars_layers(facts: dict[str, str]) -> list[str]:
+    """The files the roles' first task loads, in order: each layer only holds what differs from the one before."""
+    distribution = facts["distribution"]
+    layers = [facts["os_family"], distribution, f"{distribution}-{facts['distribution_major_version']}"]
+    return [f"vars/{name}.yml" for name in dict.fromkeys(layers)]
+
+
+def role_vars(role: str, facts: dict[str, str] = FEDORA_42, **overrides: Any) -> dict[str, Any]:
+    variables: dict[str, Any] = load("llm_defaults", "defaults/main.yml")  # shared settings every role reads
+    for rel in ("defaults/main.yml", "vars/main.yml", *vars_layers(facts)):
+        variables.update(load(role, rel))
     variables.update(overrides)
     variables = trusted(variables)
-    variables["ansible_facts"] = FEDORA_42
+    variables["ansible_facts"] = facts
     return variables
 
 
-def task_args(role: str, tasks_file: str, name_start: str) -> dict[str, Any]:
+def find_task(role: str, tasks_file: str, name_start: str) -> dict[str, Any]:
     tasks = yaml.safe_load(Path(ROOT / "roles" / role / "tasks" / tasks_file).read_text())
-    task = next(t for t in tasks if t["name"].startswith(name_start))
+    return next(t for t in tasks if t.get("name", "").startswith(name_start))
+
+
+def task_args(role: str, tasks_file: str, name_start: str) -> dict[str, Any]:
+    task = find_task(role, tasks_file, name_start)
     module = next(k for k in task if k.startswith("ansible.") or k.startswith("community."))
     return task[module]
 
@@ -47,59 +74,155 @@ def render(value: Any, variables: dict[str, Any]) -> Any:
     return Templar(loader=DataLoader(), variables=variables).template(trusted(value))
 
 
+def nvidia_cuda_repository(variables: dict[str, Any]) -> dict[str, Any]:
+    """vendor_repo's nvidia_cuda entry point: NVIDIA's CUDA repository from its own layered vars."""
+    facts = variables["ansible_facts"]
+    layers = dict.fromkeys(["nvidia_cuda", f"nvidia_cuda-{facts['os_family']}", f"nvidia_cuda-{facts['distribution']}"])
+    cuda = dict(variables)
+    for layer in layers:
+        cuda.update(trusted(load("vendor_repo", f"vars/{layer}.yml")))
+    return render(find_task("vendor_repo", "nvidia_cuda.yml", "NVIDIA's CUDA repository, packages")["vars"], cuda)
+
+
+def vendor_repo_call(role: str, tasks_file: str, name_start: str, variables: dict[str, Any]) -> dict[str, Any]:
+    """What a role's include_role of vendor_repo passes, rendered with the role's variables (for the nvidia_cuda
+    entry point, with the repository that entry point adds)."""
+    task = find_task(role, tasks_file, name_start)
+    include = task["ansible.builtin.include_role"]
+    assert include["name"] == VENDOR_REPO
+    call = render(task["vars"], variables)
+    if include.get("tasks_from") == "nvidia_cuda":
+        call = {**nvidia_cuda_repository(variables), **call}
+    return call
+
+
+def vendor_repo_vars(call: dict[str, Any], facts: dict[str, str] = FEDORA_42) -> dict[str, Any]:
+    variables = {**load("vendor_repo", "defaults/main.yml"), **load("vendor_repo", "vars/main.yml"), **call}
+    variables = trusted(variables)
+    variables["ansible_facts"] = facts
+    return variables
+
+
+def vendor_task(call: dict[str, Any], name_start: str, facts: dict[str, str] = FEDORA_42,
+                **loop_vars: Any) -> dict[str, Any]:
+    """A task of vendor_repo's tasks/<os_family>.yml, rendered with what the call passed."""
+    variables = {**vendor_repo_vars(call, facts), **loop_vars}
+    return render(task_args("vendor_repo", f"{facts['os_family']}.yml", name_start), variables)
+
+
 @pytest.fixture
 def driver() -> dict[str, Any]:
-    return role_vars("nvidia_driver", "Fedora.yml", nvidia_driver_flavor="open", nvidia_driver_branch="570")
+    return role_vars("nvidia_driver", nvidia_driver_flavor="open", nvidia_driver_branch="570")
+
+
+def driver_call(variables: dict[str, Any]) -> dict[str, Any]:
+    return vendor_repo_call("nvidia_driver", "cuda_repo.yml", "NVIDIA driver is installed", variables)
 
 
 def test_nvidia_repository_definition(driver: dict[str, Any]) -> None:
-    repo = render(task_args("nvidia_driver", "cuda_repo-RedHat.yml", "NVIDIA CUDA repository"), driver)
+    repo = vendor_task(driver_call(driver), "Repository is configured")
     assert repo == {"name": "cuda-fedora42-x86_64", "description": "NVIDIA CUDA fedora42 x86_64",
                     "baseurl": "https://developer.download.nvidia.com/compute/cuda/repos/fedora42/x86_64",
-                    "gpgcheck": True, "enabled": True,
+                    "gpgcheck": True, "repo_gpgcheck": False, "enabled": True,
                     "gpgkey": "https://developer.download.nvidia.com/compute/cuda/repos/fedora42/x86_64/D42D0685.pub"}
+    assert vendor_task(driver_call(driver), "Signing key is imported")["key"] == repo["gpgkey"]
 
 
 def test_nvidia_repository_points_at_a_mirror(driver: dict[str, Any]) -> None:
-    driver["nvidia_driver_repo_url"] = "http://mirror.example/cuda/fedora42"
-    repo = render(task_args("nvidia_driver", "cuda_repo-RedHat.yml", "NVIDIA CUDA repository"), driver)
+    driver["nvidia_cuda_repo_url"] = "http://mirror.example/cuda/fedora42"
+    repo = vendor_task(driver_call(driver), "Repository is configured")
     assert repo["baseurl"] == "http://mirror.example/cuda/fedora42"
     assert repo["gpgkey"] == "http://mirror.example/cuda/fedora42/D42D0685.pub"
 
 
-def test_driver_packages_and_headers(driver: dict[str, Any]) -> None:
-    install = render(task_args("nvidia_driver", "cuda_repo-RedHat.yml", "NVIDIA driver is installed"), driver)
-    assert install["name"] == ["nvidia-open-570.*"]
-    headers = render(task_args("nvidia_driver", "cuda_repo-RedHat.yml", "Headers of the running kernel"), driver)
-    assert headers["name"] == "kernel-devel-6.14.0-63.fc42.x86_64"
+def test_driver_packages_headers_and_lock(driver: dict[str, Any]) -> None:
+    call = driver_call(driver)
+    assert vendor_task(call, "Packages are installed")["name"] == ["nvidia-open-570.*"]
+    assert vendor_task(call, "Prerequisites are installed first")["name"] == ["kernel-devel-6.14.0-63.fc42.x86_64"]
+    assert call["vendor_repo_lock"] is True and call["vendor_repo_packages"] == ["nvidia-open"]
+    lock = vendor_task(call, "Packages are locked", __vendor_repo_package="nvidia-open")
+    assert lock["argv"] == ["dnf5", "versionlock", "add", "nvidia-open"]
     driver["nvidia_driver_flavor"] = "proprietary"
-    assert render(task_args("nvidia_driver", "cuda_repo-RedHat.yml", "NVIDIA driver is installed"),
-                  driver)["name"] == ["cuda-drivers-570.*"]
+    assert vendor_task(driver_call(driver), "Packages are installed")["name"] == ["cuda-drivers-570.*"]
     assert render("{{ __nvidia_driver_initramfs_cmd }}", driver) == ["dracut", "--force"]
 
 
+def test_rpmfusion_installs_the_akmod_branch_and_locks_it(driver: dict[str, Any]) -> None:
+    call = vendor_repo_call("nvidia_driver", "rpmfusion.yml", "Akmod NVIDIA driver is installed", driver)
+    assert "vendor_repo_url" not in call  # RPM Fusion's release packages define its repositories
+    assert vendor_task(call, "Packages are installed")["name"] == ["akmod-nvidia-3:570.*",
+                                                                  "xorg-x11-drv-nvidia-cuda-3:570.*"]
+    assert call["vendor_repo_lock"] is True
+
+
 def test_container_toolkit_repository_and_packages() -> None:
-    ctk = role_vars("nvidia_container_toolkit", "Fedora.yml")
-    repo = render(task_args("nvidia_container_toolkit", "install-RedHat.yml", "Toolkit repository is configured"), ctk)
+    ctk = role_vars("nvidia_container_toolkit")
+    call = vendor_repo_call("nvidia_container_toolkit", "main.yml", "Toolkit packages are installed", ctk)
+    repo = vendor_task(call, "Repository is configured")
+    assert repo["name"] == "nvidia-container-toolkit"
     assert repo["baseurl"] == "https://nvidia.github.io/libnvidia-container/stable/rpm/x86_64"
     assert repo["gpgkey"] == "https://nvidia.github.io/libnvidia-container/gpgkey" and repo["gpgcheck"] is True
-    pkgs = render(task_args("nvidia_container_toolkit", "install-RedHat.yml", "Toolkit packages are installed"), ctk)
-    assert pkgs["name"] == ["nvidia-container-toolkit-1.17.8-1", "nvidia-container-toolkit-base-1.17.8-1",
-                            "libnvidia-container-tools-1.17.8-1", "libnvidia-container1-1.17.8-1"]
+    assert vendor_task(call, "Packages are installed")["name"] == [
+        "nvidia-container-toolkit-1.17.8-1", "nvidia-container-toolkit-base-1.17.8-1",
+        "libnvidia-container-tools-1.17.8-1", "libnvidia-container1-1.17.8-1"]
+    assert call["vendor_repo_lock"] is True
+    assert render("{{ __nvidia_container_toolkit_selinux_by_default }}", ctk) is True
 
 
 def test_docker_ce_is_fedoras_default_and_removes_conflicts() -> None:
-    engine = role_vars("container_engine", "Fedora.yml")
+    engine = role_vars("container_engine")
     assert render("{{ __container_engine_effective_provider }}", engine) == "docker_ce"
-    repo = render(task_args("container_engine", "docker_ce-RedHat.yml", "Docker's repository"), engine)
+    call = vendor_repo_call("container_engine", "main.yml", "Docker CE is installed", engine)
+    repo = vendor_task(call, "Repository is configured")
+    assert repo["name"] == "docker-ce-stable"
     assert repo["baseurl"] == "https://download.docker.com/linux/fedora/$releasever/$basearch/stable"
     assert repo["gpgkey"] == "https://download.docker.com/linux/fedora/gpg"
-    conflicts = render(task_args("container_engine", "docker_ce-RedHat.yml", "Packages that conflict"), engine)
+    conflicts = vendor_task(call, "Conflicting packages are absent")
     assert {"moby-engine", "podman-docker"} <= set(conflicts["name"]) and conflicts["state"] == "absent"
-    assert "docker-compose-plugin" in render("{{ __container_engine_docker_ce_packages }}", engine)
+    assert "docker-compose-plugin" in vendor_task(call, "Packages are installed")["name"]
 
 
 def test_cuda_toolkit_package_name() -> None:
-    cuda = role_vars("cuda_toolkit", "../vars/main.yml")
-    assert render("{{ __cuda_toolkit_package }}", cuda) == "cuda-toolkit-12-8"
+    cuda = role_vars("cuda_toolkit")
+    call = vendor_repo_call("cuda_toolkit", "main.yml", "CUDA toolkit is installed", cuda)
+    assert vendor_task(call, "Packages are installed")["name"] == ["cuda-toolkit-12-8"]
     assert render("{{ __cuda_toolkit_home }}", cuda) == "/usr/local/cuda-12.8"
+
+
+@pytest.mark.parametrize("facts", [FEDORA_42, DEBIAN_12, UBUNTU_2404], ids=["fedora42", "debian12", "ubuntu2404"])
+@pytest.mark.parametrize("mirror", ["", "http://mirror.example/cuda"])
+def test_driver_and_cuda_toolkit_define_one_cuda_repository(facts: dict[str, str], mirror: str) -> None:
+    """Both roles configure NVIDIA's CUDA repository through vendor_repo's nvidia_cuda entry point: the same name,
+    URL and key, or the second run would rewrite what the first wrote."""
+    for role, tasks_file, name in (("nvidia_driver", "cuda_repo.yml", "NVIDIA driver is installed"),
+                                   ("cuda_toolkit", "main.yml", "CUDA toolkit is installed")):
+        assert find_task(role, tasks_file, name)["ansible.builtin.include_role"]["tasks_from"] == "nvidia_cuda"
+    shared = {"nvidia_cuda_repo_url": mirror}
+    driver = driver_call(role_vars("nvidia_driver", facts, **shared))
+    cuda = vendor_repo_call("cuda_toolkit", "main.yml", "CUDA toolkit is installed",
+                            role_vars("cuda_toolkit", facts, **shared))
+    keys = ("vendor_repo_name", "vendor_repo_description", "vendor_repo_url", "vendor_repo_key_url")
+    assert {k: driver[k] for k in keys} == {k: cuda[k] for k in keys}
+    expected = {"Fedora": "cuda-fedora42-x86_64", "Debian": "nvidia-cuda", "Ubuntu": "nvidia-cuda"}
+    assert driver["vendor_repo_name"] == expected[facts["distribution"]]
+    if not mirror:
+        distro = {"Fedora": "fedora42", "Debian": "debian12", "Ubuntu": "ubuntu2404"}[facts["distribution"]]
+        assert driver["vendor_repo_url"] == f"https://developer.download.nvidia.com/compute/cuda/repos/{distro}/x86_64"
+
+
+def test_os_layers_hold_only_what_differs() -> None:
+    """Ubuntu inherits Debian's family values and overrides only its own; Debian 12 adds the pinned trixie suite."""
+    ubuntu = role_vars("container_engine", UBUNTU_2404)
+    assert render("{{ __container_engine_packages }}", ubuntu) == ["docker.io", "docker-compose-v2", "python3-requests"]
+    assert render("{{ __container_engine_docker_ce_repo_name }}", ubuntu) == "docker"
+    assert render("{{ __container_engine_pinned_suites }}", ubuntu) == []
+    bookworm = role_vars("container_engine", DEBIAN_12)
+    assert render("{{ __container_engine_pinned_suites }}", bookworm) == [{"suite": "trixie",
+                                                                           "packages": ["docker-compose"]}]
+    ctk = role_vars("nvidia_container_toolkit", UBUNTU_2404)
+    assert render("{{ __nvidia_container_toolkit_default_repo_url }}", ctk) \
+        == "https://nvidia.github.io/libnvidia-container/stable/deb/amd64"
+    ubuntu_driver = role_vars("nvidia_driver", UBUNTU_2404, nvidia_driver_branch="570")
+    assert driver_call(ubuntu_driver)["vendor_repo_key_url"].endswith("/ubuntu2404/x86_64/3bf863cc.pub")  # Debian's key
+    pins = vendor_task(driver_call(ubuntu_driver), "Apt preferences pin the packages", UBUNTU_2404)
+    assert pins["dest"] == "/etc/apt/preferences.d/nvidia-driver-pin.pref"

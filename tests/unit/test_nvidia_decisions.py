@@ -1,20 +1,13 @@
 """Device id -> architecture (preflight's table) -> driver flavour and branch decisions."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import yaml
-from helpers import ROOT, load_path
-
-dec = load_path("nvidia_decisions", "roles/preflight/filter_plugins/nvidia_decisions.py")
-VARS = yaml.safe_load(Path(ROOT / "roles/preflight/vars/main.yml").read_text())
-TABLE = VARS["__preflight_arch_requirements"]
+from ansible_collections.llm_endpoints.core.plugins.filter import nvidia_decisions as dec
+from ansible_collections.llm_endpoints.core.plugins.module_utils.gpu_table import describe
 
 
 def gpu(device_id: str) -> dict:
-    info = VARS["__preflight_nvidia_devices"].get(device_id, VARS["__preflight_unknown_device"])
-    return {"device_id": device_id, **info}
+    return {"device_id": device_id, **describe(device_id)}
 
 
 def test_table_maps_blackwell_ids() -> None:
@@ -22,10 +15,12 @@ def test_table_maps_blackwell_ids() -> None:
         assert gpu(device_id)["architecture"] == "blackwell"
     assert gpu("2b85")["compute_capability"] == "12.0" and gpu("2b85")["memory_mib"] == 32607
     assert gpu("2335")["architecture"] == "hopper"  # the H200 of the real capture
+    assert gpu("2b85")["min_driver_branch"] == 570 and gpu("2b85")["open_modules_only"]
+    assert gpu("2335")["min_driver_branch"] == 525 and not gpu("2335")["open_modules_only"]
 
 
 def test_rtx_5090_needs_open_modules_and_570() -> None:
-    req = dec.driver_requirements([gpu("2b85")], TABLE)
+    req = dec.driver_requirements([gpu("2b85")])
     assert req["open_required"] and req["min_branch"] == 570 and req["architectures"] == ["blackwell"]
     assert dec.driver_choice_errors(req, "open", "570") == []
     assert dec.driver_choice_errors(req, "open", "580.95.05") == []
@@ -38,19 +33,19 @@ def test_rtx_5090_needs_open_modules_and_570() -> None:
     ("open", "latest", "nvidia_driver_branch must be a driver branch"),
 ])
 def test_bad_choices_for_blackwell(flavor: str, branch: str, message: str) -> None:
-    errors = dec.driver_choice_errors(dec.driver_requirements([gpu("2b85")], TABLE), flavor, branch)
+    errors = dec.driver_choice_errors(dec.driver_requirements([gpu("2b85")]), flavor, branch)
     assert any(message in e for e in errors), errors
 
 
 def test_hopper_accepts_proprietary_and_mixed_host_takes_strictest() -> None:
-    hopper = dec.driver_requirements([gpu("2330")], TABLE)
+    hopper = dec.driver_requirements([gpu("2330")])
     assert not hopper["open_required"] and hopper["min_branch"] == 525
     assert dec.driver_choice_errors(hopper, "proprietary", "535") == []
-    mixed = dec.driver_requirements([gpu("2330"), gpu("2b85")], TABLE)
+    mixed = dec.driver_requirements([gpu("2330"), gpu("2b85")])
     assert mixed["open_required"] and mixed["min_branch"] == 570
 
 
 def test_unknown_ids_are_reported_not_guessed() -> None:
-    req = dec.driver_requirements([gpu("ffff")], TABLE)
+    req = dec.driver_requirements([gpu("ffff")])
     assert req["architectures"] == ["unknown"] and req["unknown_device_ids"] == ["ffff"]
     assert req["min_branch"] == 0 and not req["open_required"]

@@ -4,9 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from helpers import load_path
-
-mod = load_path("nvidia_pci_devices", "roles/preflight/library/nvidia_pci_devices.py")
+from ansible_collections.llm_endpoints.core.plugins.modules import nvidia_pci_devices as mod
 
 
 def add_device(root: Path, address: str, vendor: str, device: str, pci_class: str, driver: str = "") -> None:
@@ -35,6 +33,11 @@ def test_lists_only_nvidia_display_controllers(tmp_path: Path) -> None:
         ("0000:41:00.0", "2335", ""),
     ]
     assert {g["vendor_id"] for g in gpus} == {"10de"}
+    # Each GPU is described from the collection's one GPU table.
+    assert (gpus[0]["name"], gpus[0]["architecture"], gpus[0]["compute_capability"]) == (
+        "GeForce RTX 5090", "blackwell", "12.0")
+    assert gpus[0]["min_driver_branch"] == 570 and gpus[0]["open_modules_only"] is True
+    assert gpus[1]["architecture"] == "hopper" and gpus[1]["memory_mib"] == 143771
 
 
 def test_no_pci_tree_means_no_gpus(tmp_path: Path) -> None:

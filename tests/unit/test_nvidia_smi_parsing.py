@@ -2,9 +2,9 @@
 from __future__ import annotations
 
 import pytest
-from helpers import ROOT, load_path
+from ansible_collections.llm_endpoints.core.plugins.filter import nvidia_smi as smi
+from helpers import ROOT
 
-smi = load_path("nvidia_smi", "roles/nvidia_driver/filter_plugins/nvidia_smi.py")
 CAPTURE = ROOT / "tests/fixtures/nvidia-smi/h200-driver580"
 
 

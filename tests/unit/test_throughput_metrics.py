@@ -5,16 +5,14 @@ import random
 
 import numpy
 import pytest
-from helpers import load_path
+from ansible_collections.llm_endpoints.core.plugins.modules import llm_throughput as tp
 from sse_server import Script, serve
-
-tp = load_path("llm_throughput", "roles/llm_throughput/library/llm_throughput.py")
 
 
 def run(script: Script, concurrency: int = 1, requests: int = 4) -> dict:
     server, url = serve(script)
     try:
-        client = tp.Client(url, "m", "", 10.0)
+        client = tp.OpenAIEndpoint(url, "m", "", 10.0)
         results, duration = tp.run_level(client, ["p"], concurrency, requests, 64, True, 60.0)
         metrics = tp.compute_metrics(results, duration)
         metrics["errors"] = [r.error for r in results if not r.success]
@@ -77,7 +75,7 @@ def test_broken_streams_count_as_failed(script: Script, error: str) -> None:
 def test_time_limit_bounds_a_level() -> None:
     server, url = serve(Script(ttft_s=0.2, gap_s=0.0, chunks=1))
     try:
-        client = tp.Client(url, "m", "", 10.0)
+        client = tp.OpenAIEndpoint(url, "m", "", 10.0)
         results, duration = tp.run_level(client, ["p"], 1, 50, 8, True, time_limit_s=0.5)
     finally:
         server.shutdown()

@@ -1,0 +1,49 @@
+"""The one GPU table of the collection: NVIDIA PCI device id -> model, architecture, compute capability, memory,
+and per architecture the oldest driver branch and whether only the open kernel modules drive it.
+
+Read by the nvidia_pci_devices module (preflight's GPU facts) and the nvidia_decisions filters (driver choice).
+Memory is nvidia-smi's total in MiB; the driver's own report (nvidia_driver) replaces it once the driver runs.
+Sources: NVIDIA's PCI id list in the driver README ("Appendix A. Supported NVIDIA GPU Products") and the open
+kernel modules' README (Turing and later; Blackwell supported only by the open modules, from branch 570).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+# device id: (model name, architecture, compute capability, memory MiB)
+_ROWS: dict[str, tuple[str, str, str, int]] = {
+    "2b85": ("GeForce RTX 5090", "blackwell", "12.0", 32607),
+    "2b87": ("GeForce RTX 5090 D", "blackwell", "12.0", 32607),
+    "2c02": ("GeForce RTX 5080", "blackwell", "12.0", 16303),
+    "2bb1": ("RTX PRO 6000 Blackwell", "blackwell", "12.0", 97887),
+    "2901": ("B200", "blackwell", "10.0", 183359),
+    "2330": ("H100 80GB HBM3", "hopper", "9.0", 81559),
+    "2331": ("H100 PCIe", "hopper", "9.0", 81559),
+    "2335": ("H200", "hopper", "9.0", 143771),
+    "2684": ("GeForce RTX 4090", "ada", "8.9", 24564),
+    "26b9": ("L40S", "ada", "8.9", 46068),
+    "20b2": ("A100-SXM4-80GB", "ampere", "8.0", 81920),
+    "2204": ("GeForce RTX 3090", "ampere", "8.6", 24576),
+}
+DEVICES: dict[str, dict[str, Any]] = {
+    device_id: {"name": name, "architecture": arch, "compute_capability": cc, "memory_mib": mib}
+    for device_id, (name, arch, cc, mib) in _ROWS.items()
+}
+UNKNOWN_DEVICE: dict[str, Any] = {"name": "unknown NVIDIA GPU", "architecture": "unknown", "compute_capability": "",
+                                  "memory_mib": 0}
+
+ARCH_REQUIREMENTS: dict[str, dict[str, Any]] = {
+    "blackwell": {"min_branch": 570, "open_only": True},
+    "hopper": {"min_branch": 525, "open_only": False},
+    "ada": {"min_branch": 525, "open_only": False},
+    "ampere": {"min_branch": 470, "open_only": False},
+}
+
+
+def describe(device_id: str) -> dict[str, Any]:
+    """What the table knows of a PCI device id (lower-case hex, no 0x), with the architecture's driver needs."""
+    info = dict(DEVICES.get(device_id.lower(), UNKNOWN_DEVICE))
+    needs = ARCH_REQUIREMENTS.get(info["architecture"], {"min_branch": 0, "open_only": False})
+    info["min_driver_branch"] = needs["min_branch"]
+    info["open_modules_only"] = needs["open_only"]
+    return info

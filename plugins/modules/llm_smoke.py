@@ -1,0 +1,148 @@
+#!/usr/bin/python
+"""Functional checks of an OpenAI-compatible endpoint (standard library only; runs on the target)."""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.llm_endpoints.core.plugins.module_utils.openai_client import (
+    ENDPOINT_ARGS,
+    OpenAIEndpoint,
+    events,
+    reply_text,
+)
+
+DOCUMENTATION = r"""
+module: llm_smoke
+short_description: Functional checks of an OpenAI-compatible LLM endpoint
+description:
+  - Checks /health, /v1/models (lists the served name), a non-streamed and a streamed chat completion
+    (chunks, then [DONE]), prompt checks with a regular expression the reply must match, and, when an API key
+    is given, that a request without it gets 401 and one with it 200.
+  - Never fails by itself, returns one result per check (name, passed, sent, received, detail) for the role to
+    judge and report. The API key never appears in the results.
+options:
+  base_url: {description: Server root, type: str, required: true}
+  model: {description: Served model name, type: str, required: true}
+  api_key: {description: Bearer token, type: str, default: "", no_log: true}
+  max_tokens: {description: Token budget per request (reasoning counts too), type: int, required: true}
+  prompt_checks:
+    description: List of {name, prompt, pattern, meaning}; the reply (content, then reasoning) must match pattern.
+    type: list
+    elements: dict
+    required: true
+  timeout_s: {description: Per-request timeout in seconds, type: float, required: true}
+author: llm-endpoints project
+"""
+
+RECEIVED_LIMIT = 400
+
+
+def result(name: str, passed: bool, sent: str, received: str, detail: str) -> dict[str, Any]:
+    return {"name": name, "passed": passed, "sent": sent, "received": received[:RECEIVED_LIMIT], "detail": detail}
+
+
+def check_health(ep: OpenAIEndpoint) -> dict[str, Any]:
+    status, body = ep.call("/health", auth=False)
+    return result("health", status == 200, ep.describe("GET", "/health", auth=False), f"HTTP {status} {body}",
+                  "expected HTTP 200")
+
+
+def check_models(ep: OpenAIEndpoint) -> tuple[dict[str, Any], dict[str, Any]]:
+    status, body = ep.call("/v1/models")
+    sent = ep.describe("GET", "/v1/models")
+    try:
+        entries = json.loads(body)["data"] if status == 200 else []
+    except (ValueError, KeyError, TypeError):
+        entries = []
+    ids = [e.get("id") for e in entries]
+    meta = next((e.get("meta") or {} for e in entries if e.get("id") == ep.model), {})
+    return (result("models", ep.model in ids, sent, f"HTTP {status} ids={ids}",
+                   f"expected {ep.model!r} among the served model ids"), meta)
+
+
+def check_chat(ep: OpenAIEndpoint, max_tokens: int) -> dict[str, Any]:
+    body = ep.chat_body("Reply with one short sentence about the sea.", max_tokens)
+    status, payload = ep.call("/v1/chat/completions", body)
+    sent = ep.describe("POST", "/v1/chat/completions", body)
+    if status != 200:
+        return result("chat", False, sent, f"HTTP {status} {payload}", "expected HTTP 200")
+    try:
+        content, reasoning = reply_text(payload)
+    except (ValueError, KeyError, IndexError, TypeError):
+        return result("chat", False, sent, payload, "reply is not a chat completion")
+    return result("chat", bool(content.strip() or reasoning.strip()), sent, payload,
+                  "expected non-empty content (or reasoning_content)")
+
+
+def check_stream(ep: OpenAIEndpoint, max_tokens: int) -> dict[str, Any]:
+    body = ep.chat_body("Count from one to five in words.", max_tokens, stream=True)
+    status, payload = ep.call("/v1/chat/completions", body)
+    sent = ep.describe("POST", "/v1/chat/completions", body)
+    seen = [e.decode("utf-8", errors="replace") for e in events(iter(payload.encode().splitlines()))]
+    chunks = [e for e in seen if e and e != "[DONE]"]
+    ok = status == 200 and len(chunks) > 0 and seen[-1:] == ["[DONE]"]
+    return result("stream", ok, sent, f"HTTP {status}, {len(chunks)} chunks, last event {seen[-1:]!r}",
+                  "expected HTTP 200, at least one data chunk, and [DONE] as the last event")
+
+
+def check_prompt(ep: OpenAIEndpoint, spec: dict, max_tokens: int) -> dict[str, Any]:
+    name = f"prompt:{spec['name']}"
+    body = ep.chat_body(spec["prompt"], max_tokens)
+    status, payload = ep.call("/v1/chat/completions", body)
+    sent = ep.describe("POST", "/v1/chat/completions", body)
+    if status != 200:
+        return result(name, False, sent, f"HTTP {status} {payload}", "expected HTTP 200")
+    try:
+        content, reasoning = reply_text(payload)
+    except (ValueError, KeyError, IndexError, TypeError):
+        return result(name, False, sent, payload, "reply is not a chat completion")
+    matched = re.search(spec["pattern"], content) or re.search(spec["pattern"], reasoning)
+    return result(name, bool(matched), sent, content or reasoning,
+                  f"expected the reply to match /{spec['pattern']}/: {spec.get('meaning', '')}")
+
+
+def check_auth(ep: OpenAIEndpoint) -> list[dict[str, Any]]:
+    without, body_without = ep.call("/v1/models", auth=False)
+    with_key, body_with = ep.call("/v1/models")
+    return [
+        result("auth:without-key", without == 401, ep.describe("GET", "/v1/models", auth=False),
+               f"HTTP {without} {body_without}", "expected HTTP 401 without the API key"),
+        result("auth:with-key", with_key == 200, ep.describe("GET", "/v1/models"),
+               f"HTTP {with_key} {body_with}", "expected HTTP 200 with the API key"),
+    ]
+
+
+def run_checks(params: dict) -> dict[str, Any]:
+    ep = OpenAIEndpoint(params["base_url"], params["model"], params["api_key"], params["timeout_s"])
+    checks = [check_health(ep)]
+    models, meta = check_models(ep)
+    checks += [models, check_chat(ep, params["max_tokens"]), check_stream(ep, params["max_tokens"])]
+    checks += [check_prompt(ep, spec, params["max_tokens"]) for spec in params["prompt_checks"]]
+    if params["api_key"]:
+        checks += check_auth(ep)
+    return {"checks": checks, "passed": all(c["passed"] for c in checks), "model_meta": meta}
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            **ENDPOINT_ARGS,
+            "max_tokens": {"type": "int", "required": True},
+            "prompt_checks": {"type": "list", "elements": "dict", "required": True},
+            "timeout_s": {"type": "float", "required": True},
+        },
+        supports_check_mode=True,
+    )
+    if module.check_mode:
+        module.exit_json(changed=False, skipped=True, msg="checks not run in check mode", checks=[], passed=True)
+    bad = [s for s in module.params["prompt_checks"] if not {"name", "prompt", "pattern"} <= set(s)]
+    if bad:
+        module.fail_json(msg=f"each prompt check needs name, prompt and pattern: {bad}")
+    module.exit_json(changed=False, **run_checks(module.params))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+#!/usr/bin/python
+"""List NVIDIA display controllers from sysfs (read-only; standard library only)."""
+from __future__ import annotations
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.llm_endpoints.core.plugins.module_utils.gpu_table import describe
+
+DOCUMENTATION = r"""
+module: nvidia_pci_devices
+short_description: List NVIDIA GPUs on the PCI bus from sysfs
+description:
+  - Reads C(vendor), C(device), C(class) and, where present, C(driver) of every device under
+    C(<sysfs_root>/bus/pci/devices) and returns the NVIDIA (vendor 0x10de) display controllers
+    (class 0x03xxxx). Works without lspci and without any NVIDIA driver loaded.
+  - Each GPU is described from the collection GPU table (module_utils/gpu_table.py) with model name, architecture,
+    compute capability, memory, and the oldest driver branch and kernel-module flavour that drive it. Ids the
+    table does not know get architecture C(unknown).
+options:
+  sysfs_root:
+    description: Where sysfs is mounted (tests point it at a fixture tree).
+    type: path
+    default: /sys
+author: llm-endpoints project
+"""
+
+RETURN = r"""
+gpus:
+  description: One entry per NVIDIA display controller, sorted by PCI address.
+  type: list
+  elements: dict
+  returned: always
+  sample: [{"pci_address": "0000:01:00.0", "vendor_id": "10de", "device_id": "2b85",
+            "class": "030000", "driver": "nvidia", "name": "GeForce RTX 5090", "architecture": "blackwell",
+            "compute_capability": "12.0", "memory_mib": 32607, "min_driver_branch": 570,
+            "open_modules_only": true}]
+"""
+
+NVIDIA_VENDOR = "10de"
+
+
+def read_attr(device_dir: str, name: str) -> str:
+    try:
+        with open(os.path.join(device_dir, name), encoding="ascii") as handle:
+            return handle.read().strip().lower().removeprefix("0x")
+    except OSError:
+        return ""
+
+
+def list_nvidia_gpus(sysfs_root: str) -> list[dict[str, str]]:
+    base = os.path.join(sysfs_root, "bus", "pci", "devices")
+    if not os.path.isdir(base):
+        return []
+    gpus = []
+    for address in sorted(os.listdir(base)):
+        device_dir = os.path.join(base, address)
+        pci_class = read_attr(device_dir, "class")
+        if read_attr(device_dir, "vendor") != NVIDIA_VENDOR or not pci_class.startswith("03"):
+            continue
+        driver_link = os.path.join(device_dir, "driver")
+        driver = os.path.basename(os.readlink(driver_link)) if os.path.islink(driver_link) else ""
+        device_id = read_attr(device_dir, "device")
+        gpus.append({
+            "pci_address": address,
+            "vendor_id": NVIDIA_VENDOR,
+            "device_id": device_id,
+            "class": pci_class,
+            "driver": driver,
+            **describe(device_id),
+        })
+    return gpus
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={"sysfs_root": {"type": "path", "default": "/sys"}},
+        supports_check_mode=True,
+    )
+    module.exit_json(changed=False, gpus=list_nvidia_gpus(module.params["sysfs_root"]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""The repository as a collection: `ansible-galaxy collection build`, installed into a temporary collections path,
+and playbooks run from the installed artifact (not from this checkout) against a real llama.cpp server."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import ROOT
+from llm_fixture import Engine, run_playbook
+
+GALAXY = str(Path(sys.executable).parent / "ansible-galaxy")
+PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+USER_PLAYBOOK = """---
+# A user's playbook: the collection's roles and playbooks by their fully qualified names.
+- name: Deployment described with the installed collection's roles
+  hosts: llm_hosts
+  gather_facts: true
+  roles:
+    - role: llm_endpoints.core.preflight
+  tasks:
+    - name: Compose project is rendered (nothing started)
+      ansible.builtin.include_role:
+        name: llm_endpoints.core.llm_stack
+        tasks_from: render
+
+- name: The collection's own proof playbook
+  ansible.builtin.import_playbook: llm_endpoints.core.verify
+"""
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    work = tmp_path_factory.mktemp("collection")
+    subprocess.run([GALAXY, "collection", "build", "--output-path", str(work / "dist"), str(ROOT)],
+                   check=True, capture_output=True, text=True)
+    [artifact] = list((work / "dist").glob("llm_endpoints-core-*.tar.gz"))
+    # Away from the checkout: there, the collection is already "installed" through .collection/.
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "HOME": str(work),
+           "ANSIBLE_COLLECTIONS_PATH": str(work / "collections")}
+    subprocess.run([GALAXY, "collection", "install", "--no-deps", "--force", "-p", str(work / "collections"),
+                    str(artifact)], check=True, capture_output=True, text=True, cwd=work, env=env)
+    assert (work / "collections/ansible_collections/llm_endpoints/core/MANIFEST.json").is_file()
+    return artifact, work / "collections"
+
+
+def test_artifact_holds_the_collection_and_leaves_out_the_test_tree(installed: tuple[Path, Path]) -> None:
+    artifact, _ = installed
+    with tarfile.open(artifact) as tar:
+        names = tar.getnames()
+        manifest = json.load(tar.extractfile("MANIFEST.json"))  # type: ignore[arg-type]
+    assert manifest["collection_info"]["namespace"] == "llm_endpoints"
+    assert manifest["collection_info"]["name"] == "core"
+    for present in ("playbooks/site.yml", "playbooks/verify.yml", "roles/llm_stack/tasks/render.yml",
+                    "roles/llm_defaults/defaults/main.yml", "plugins/modules/llm_smoke.py",
+                    "plugins/module_utils/openai_client.py", "plugins/filter/nvidia_smi.py", "meta/runtime.yml"):
+        assert present in names, present
+    for top in ("molecule", "tests", "inventory", "scripts", ".collection", ".venv", ".cache"):
+        assert not any(n == top or n.startswith(top + "/") for n in names), f"{top} is in the artifact"
+
+
+def test_site_playbook_imports_from_the_installed_collection(installed: tuple[Path, Path], tmp_path: Path) -> None:
+    _, collections = installed
+    (tmp_path / "site.yml").write_text(
+        "---\n- name: Pipeline\n  ansible.builtin.import_playbook: llm_endpoints.core.site\n")
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump({"llm_hosts": {"hosts": {"gpu-01": {}}}}))
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "ANSIBLE_COLLECTIONS_PATH": str(collections),
+           "ANSIBLE_CONFIG": str(tmp_path / "none.cfg"), "HOME": str(tmp_path)}
+    run = subprocess.run([str(PLAYBOOK), "-i", str(tmp_path / "hosts.yml"), "--list-tasks", str(tmp_path / "site.yml")],
+                         capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout + run.stderr
+    for task in ("llm_endpoints.core.preflight : NVIDIA GPUs on the PCI bus are listed",
+                 "llm_endpoints.core.llm_stack : Compose project is rendered",
+                 "llm_endpoints.core.llm_report : Host report is written"):
+        assert task in run.stdout, run.stdout[-3000:]
+
+
+def test_installed_collection_runs_the_proof_playbook(installed: tuple[Path, Path], engine: Engine,
+                                                       tmp_path: Path) -> None:
+    _, collections = installed
+    playbook = tmp_path / "user.yml"
+    playbook.write_text(USER_PLAYBOOK)
+    variables = {"llm_stack_engine": "llamacpp_cpu", "llm_stack_dir": str(tmp_path / "stack"),
+                 "llm_stack_port": engine.port, "llm_stack_served_model_name": engine.model,
+                 "llm_stack_api_key": engine.api_key, "llm_smoke_profile": "smollm2-135m",
+                 "preflight_min_memory_mb": 512, "preflight_min_disk_gb": 1, "llm_report_run_id": "from-artifact",
+                 "llm_throughput_concurrency": [1], "llm_throughput_requests_per_level": 2,
+                 "llm_throughput_max_tokens": 16, "llm_throughput_warmup_requests": 1}
+    run = run_playbook(tmp_path, str(playbook), variables, collections_path=collections)
+    assert run.rc == 0, run.output[-4000:]
+    report = json.loads((run.report_dir / "from-artifact" / "localhost.json").read_text())
+    assert report["status"] == "pass"
+    assert report["deployment"]["engine"] == "llamacpp_cpu"
+    # With that environment the collection resolves to the installed copy, not to this checkout.
+    doc = subprocess.run([str(PLAYBOOK.parent / "ansible-doc"), "-t", "module", "llm_endpoints.core.llm_smoke"],
+                         capture_output=True, text=True, cwd=tmp_path, check=True,
+                         env={"PATH": f"{PLAYBOOK.parent}:/usr/bin:/bin", "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
+                              "ANSIBLE_COLLECTIONS_PATH": str(collections), "HOME": str(tmp_path)})
+    assert str(collections / "ansible_collections/llm_endpoints/core/plugins/modules/llm_smoke.py") in doc.stdout, \
+        doc.stdout[:500]
+
+
+@pytest.mark.parametrize("module", ["llm_smoke", "llm_throughput", "nvidia_pci_devices"])
+def test_module_documentation_parses(installed: tuple[Path, Path], module: str, tmp_path: Path) -> None:
+    _, collections = installed
+    doc = subprocess.run([str(PLAYBOOK.parent / "ansible-doc"), "-j", "-t", "module", f"llm_endpoints.core.{module}"],
+                         capture_output=True, text=True, cwd=tmp_path,
+                         env={"PATH": f"{PLAYBOOK.parent}:/usr/bin:/bin", "ANSIBLE_COLLECTIONS_PATH": str(collections),
+                              "HOME": str(tmp_path)})
+    assert doc.returncode == 0, doc.stderr
+    options = json.loads(doc.stdout)[f"llm_endpoints.core.{module}"]["doc"]["options"]
+    assert options, f"{module} documents no options"
