@@ -3,20 +3,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ansible_collections.llm_endpoints.core.plugins.module_utils.gpu_table import ARCH_REQUIREMENTS
-
 
 def driver_requirements(gpus: list[dict[str, Any]]) -> dict[str, Any]:
-    """The strictest requirement over all GPUs of a host (the GPU table's); unknown architectures are listed."""
-    table = ARCH_REQUIREMENTS
-    archs = sorted({str(g.get("architecture", "unknown")) for g in gpus})
-    known = [table[a] for a in archs if a in table]
+    """The strictest requirement over all GPUs of a host, from what the GPU table says of each (preflight's
+    nvidia_pci_devices puts min_driver_branch and open_modules_only on every GPU); unknown ids are listed."""
     return {
-        "architectures": archs,
-        "unknown_device_ids": sorted({str(g.get("device_id")) for g in gpus if g.get("architecture") not in table}),
-        "open_required": any(r["open_only"] for r in known),
-        "min_branch": max((int(r["min_branch"]) for r in known), default=0),
-        "flavor": "open",
+        "architectures": sorted({str(g.get("architecture", "unknown")) for g in gpus}),
+        "unknown_device_ids": sorted({str(g.get("device_id")) for g in gpus if g.get("architecture") == "unknown"}),
+        "open_required": any(bool(g.get("open_modules_only")) for g in gpus),
+        "min_branch": max((int(g.get("min_driver_branch") or 0) for g in gpus), default=0),
     }
 
 
@@ -42,4 +37,5 @@ def driver_choice_errors(requirements: dict[str, Any], flavor: str, branch: Any)
 
 class FilterModule:
     def filters(self) -> dict:
-        return {"nvidia_driver_requirements": driver_requirements, "nvidia_driver_choice_errors": driver_choice_errors}
+        return {"nvidia_gpu_driver_requirements": driver_requirements,
+                "nvidia_gpu_driver_choice_errors": driver_choice_errors}

@@ -141,7 +141,11 @@ def main() -> None:
     bad = [s for s in module.params["prompt_checks"] if not {"name", "prompt", "pattern"} <= set(s)]
     if bad:
         module.fail_json(msg=f"each prompt check needs name, prompt and pattern: {bad}")
-    module.exit_json(changed=False, **run_checks(module.params))
+    try:
+        checks = run_checks(module.params)
+    except ValueError as exc:  # base_url is not an http(s) URL: nothing could be checked
+        module.fail_json(msg=f"base_url: {exc}")
+    module.exit_json(changed=False, **checks)
 
 
 if __name__ == "__main__":

@@ -243,6 +243,8 @@ def main() -> None:
         module.exit_json(changed=False, **benchmark(module.params))
     except RuntimeError as exc:
         module.fail_json(msg=str(exc))
+    except ValueError as exc:  # base_url is not an http(s) URL
+        module.fail_json(msg=f"base_url: {exc}")
 
 
 if __name__ == "__main__":

@@ -11,15 +11,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from ansible_collections.llm_endpoints.core.plugins.module_utils.gpu_table import describe
 from llm_fixture import run_playbook
 
-# Simulated GPU facts, as preflight sets them from the PCI device id.
+# Simulated GPU facts, as preflight sets them: the PCI listing described from the collection's GPU table.
 RTX_5090 = {"pci_address": "0000:01:00.0", "vendor_id": "10de", "device_id": "2b85", "class": "030000",
-            "driver": "nvidia", "name": "GeForce RTX 5090", "architecture": "blackwell",
-            "compute_capability": "12.0", "memory_mib": 32607}
+            "driver": "nvidia", **describe("2b85")}
 H100 = {"pci_address": "0000:41:00.0", "vendor_id": "10de", "device_id": "2330", "class": "030200",
-        "driver": "nvidia", "name": "H100 80GB HBM3", "architecture": "hopper",
-        "compute_capability": "9.0", "memory_mib": 81559}
+        "driver": "nvidia", **describe("2330")}
 API_KEY = "render-test-api-key"
 HF_TOKEN = "hf_render_test_token"
 
@@ -133,6 +132,8 @@ BAD_INPUTS = [
      "value of llm_stack_engine must be one of: vllm, llamacpp_cpu, llamacpp_cuda, got: tgi"),
     ({"llm_engine": "vllm"}, "llm_engine is now llm_stack_engine (vllm, llamacpp_cpu or llamacpp_cuda)"),
     ({"llm_stack_vllm_version": "latest"}, "llm_stack_vllm_version 'latest' is not a version (such as v0.11.0)"),
+    ({"preflight_nvidia_gpus": [{k: v for k, v in RTX_5090.items() if k != "compute_capability"}]},
+     "missing required arguments: compute_capability found in preflight_nvidia_gpus"),
     ({"preflight_gpu_mode": "gpu"}, "preflight_gpu_mode must be one of: nvidia, cpu, got: gpu"),
     ({"llm_stack_vllm_model": "meta-llama/Llama-3.1-8B-Instruct", "llm_stack_hf_token": ""},
      "gated on Hugging Face: set llm_stack_hf_token"),

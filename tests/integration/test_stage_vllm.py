@@ -12,6 +12,7 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from ansible_collections.llm_endpoints.core.plugins.module_utils.gpu_table import describe
 from helpers import ROOT
 from llm_fixture import run_playbook
 
@@ -20,8 +21,8 @@ IMAGE = "local/vllm-sim:test"
 GPU_HOST = {"llm_stack_engine": "vllm", "llm_stack_served_model_name": "openai/gpt-oss-20b",
             "llm_stack_vllm_version": "test", "llm_stack_vllm_attention_backend": "auto",
             "preflight_gpu_mode": "nvidia",
-            "preflight_nvidia_gpus": [{"pci_address": "0000:01:00.0", "device_id": "2b85", "name": "GeForce RTX 5090",
-                                       "architecture": "blackwell", "compute_capability": "12.0", "memory_mib": 32607}]}
+            "preflight_nvidia_gpus": [{"pci_address": "0000:01:00.0", "vendor_id": "10de", "device_id": "2b85",
+                                       "class": "030000", "driver": "nvidia", **describe("2b85")}]}
 
 
 class QuietHandler(SimpleHTTPRequestHandler):

@@ -27,3 +27,4 @@ def test_services_keep_their_order_and_get_the_common_settings() -> None:
 def test_bad_entries_are_named(services: list, message: str) -> None:
     with pytest.raises(AnsibleFilterError, match=message):
         compose_project(services, "p", COMMON)
+
