@@ -13,6 +13,7 @@ import pytest
 import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
+from ansible_collections.llm_endpoints.core.plugins.filter.llm_os import os_vars_files
 from helpers import ROOT
 
 FEDORA_42 = {"distribution": "Fedora", "distribution_major_version": "42", "distribution_version": "42",
@@ -42,16 +43,15 @@ def load(role: str, rel: str) -> dict[str, Any]:
     return (yaml.safe_load(path.read_text()) or {}) if path.is_file() else {}
 
 
-def vars_layers(facts: dict[str, str]) -> list[str]:
-    """The files the roles' first task loads, in order: each layer only holds what differs from the one before."""
-    distribution = facts["distribution"]
-    layers = [facts["os_family"], distribution, f"{distribution}-{facts['distribution_major_version']}"]
-    return [f"vars/{name}.yml" for name in dict.fromkeys(layers)]
+def vars_layers(role: str, facts: dict[str, str], prefix: str = "") -> list[str]:
+    """The per-OS vars files the role loads, in order, chosen by the same filter its task uses."""
+    vars_dir = ROOT / "roles" / role / "vars"
+    return [str(Path(path).relative_to(ROOT / "roles" / role)) for path in os_vars_files(facts, str(vars_dir), prefix)]
 
 
 def role_vars(role: str, facts: dict[str, str] = FEDORA_42, **overrides: Any) -> dict[str, Any]:
     variables: dict[str, Any] = load("llm_defaults", "defaults/main.yml")  # shared settings every role reads
-    for rel in ("defaults/main.yml", "vars/main.yml", *vars_layers(facts)):
+    for rel in ("defaults/main.yml", "vars/main.yml", *vars_layers(role, facts)):
         variables.update(load(role, rel))
     variables.update(overrides)
     variables = trusted(variables)
@@ -77,10 +77,9 @@ def render(value: Any, variables: dict[str, Any]) -> Any:
 def nvidia_cuda_repository(variables: dict[str, Any]) -> dict[str, Any]:
     """vendor_repo's nvidia_cuda entry point: NVIDIA's CUDA repository from its own layered vars."""
     facts = variables["ansible_facts"]
-    layers = dict.fromkeys(["nvidia_cuda", f"nvidia_cuda-{facts['os_family']}", f"nvidia_cuda-{facts['distribution']}"])
     cuda = dict(variables)
-    for layer in layers:
-        cuda.update(trusted(load("vendor_repo", f"vars/{layer}.yml")))
+    for rel in ("vars/nvidia_cuda.yml", *vars_layers("vendor_repo", facts, "nvidia_cuda-")):
+        cuda.update(trusted(load("vendor_repo", rel)))
     return render(find_task("vendor_repo", "nvidia_cuda.yml", "NVIDIA's CUDA repository, packages")["vars"], cuda)
 
 
