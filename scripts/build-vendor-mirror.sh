@@ -45,7 +45,8 @@ pkg() {
 
 for v in 570.172.08-1 570.195.03-1 575.64.05-1; do
   pkg nvidia-cuda nvidia-smi "$v" "" nvidia-smi.in:/usr/bin/nvidia-smi
-  pkg nvidia-cuda nvidia-kernel-open-dkms "$v" ""
+  # What the loaded open module reports, under the fixture procfs the scenario points nvidia_driver_procfs_root at.
+  pkg nvidia-cuda nvidia-kernel-open-dkms "$v" "" proc-version-open.in:/srv/sim-proc/driver/nvidia/version
   pkg nvidia-cuda nvidia-open "$v" "nvidia-kernel-open-dkms (= $v), nvidia-smi (= $v)"
 done
 pkg nvidia-cuda cuda-toolkit-12-8 12.8.93-1 "" nvcc.in:/usr/local/cuda-12.8/bin/nvcc

@@ -67,8 +67,10 @@ class Run:
     report_dir: Path
 
 
-def run_playbook(tmp_path: Path, playbook: str, extravars: dict, collections_path: Path | None = None) -> Run:
-    """Run a playbook on localhost; with collections_path, from a collection installed there, not this checkout."""
+def run_playbook(tmp_path: Path, playbook: str, extravars: dict, collections_path: Path | None = None,
+                 cmdline: str | None = None) -> Run:
+    """Run a playbook on localhost; with collections_path, from a collection installed there, not this checkout;
+    cmdline: further ansible-playbook options (--check)."""
     reports = tmp_path / "reports"
     (tmp_path / "runner" / "inventory").mkdir(parents=True, exist_ok=True)
     (tmp_path / "runner" / "inventory" / "hosts").write_text(
@@ -82,6 +84,7 @@ def run_playbook(tmp_path: Path, playbook: str, extravars: dict, collections_pat
                  "LLM_REPORT_DIR": str(reports), "ANSIBLE_NOCOLOR": "1",
                  "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"},
         quiet=True,
+        cmdline=cmdline,
     )
     return Run(result.rc, result.stdout.read(), reports)
 

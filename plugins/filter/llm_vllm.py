@@ -1,4 +1,5 @@
-"""Choose vLLM's attention backend from a data table keyed by compute capability and vLLM version."""
+"""Choose vLLM's attention backend from a data table keyed by compute capability and vLLM version; compare vLLM
+versions (llm_vllm_version_matches: 'v0.11.0' | llm_vllm_version_matches('>=0.11.1'))."""
 from __future__ import annotations
 
 import operator
@@ -36,4 +37,4 @@ def attention_backend(table: list[dict[str, Any]], compute_capability: str, vllm
 
 class FilterModule:
     def filters(self) -> dict:
-        return {"llm_attention_backend": attention_backend}
+        return {"llm_attention_backend": attention_backend, "llm_vllm_version_matches": version_matches}

@@ -1,7 +1,13 @@
 """NVIDIA driver decisions from the detected GPUs: which kernel-module flavour and branch they need."""
 from __future__ import annotations
 
+import re
 from typing import Any
+
+# The driver stack's package names, NVIDIA's and RPM Fusion's (nvidia-open, kmod-nvidia-open-dkms, libnvidia-ml1,
+# libcuda1, libnvcuvid1, xorg-x11-drv-nvidia, akmod-nvidia, cuda-drivers...): NVIDIA's version-locking guide locks
+# "*nvidia*<branch>*". The branch in the version keeps out what merely carries the name (libnvidia-container1 1.17).
+_DRIVER_STACK = re.compile(r"nvidia|^libcuda|^libnv|^cuda-drivers")
 
 
 def driver_requirements(gpus: list[dict[str, Any]]) -> dict[str, Any]:
@@ -35,7 +41,30 @@ def driver_choice_errors(requirements: dict[str, Any], flavor: str, branch: Any)
     return errors
 
 
+def branch_packages(listing: str, branch: Any) -> list[dict[str, Any]]:
+    """The installed packages of the driver stack on a branch: [{name, epoch, version}], sorted by name. Lines are
+    "<name>\\t<epoch>\\t<version>" (rpm -qa --qf, "(none)" for no epoch) or "<name>\\t<status>\\t<version>"
+    (dpkg-query ${db:Status-Abbrev}: only "ii"/"hi", installed, count; dpkg puts the epoch into the version)."""
+    prefix = f"{int(str(branch))}."
+    found = {}
+    for line in str(listing).splitlines():
+        fields = line.split("\t")
+        if len(fields) != 3:
+            continue
+        name, epoch, version = (f.strip() for f in fields)
+        if re.fullmatch(r"[a-zA-Z]{2,3}", epoch):  # a dpkg status, not an epoch
+            if epoch[:2] not in ("ii", "hi"):
+                continue
+            epoch = "0"
+        if ":" in version:  # dpkg writes the epoch into the version
+            epoch, version = version.split(":", 1)
+        if _DRIVER_STACK.search(name) and version.startswith(prefix):
+            found[name] = {"name": name, "epoch": int(epoch) if epoch.isdigit() else 0, "version": version}
+    return [found[name] for name in sorted(found)]
+
+
 class FilterModule:
     def filters(self) -> dict:
         return {"nvidia_gpu_driver_requirements": driver_requirements,
-                "nvidia_gpu_driver_choice_errors": driver_choice_errors}
+                "nvidia_gpu_driver_choice_errors": driver_choice_errors,
+                "nvidia_branch_packages": branch_packages}

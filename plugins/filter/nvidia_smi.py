@@ -59,6 +59,16 @@ def gpu_summary(gpus: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: g.get(k) for k in STABLE_FIELDS} for g in gpus]
 
 
+def module_flavor(proc_version: str) -> str:
+    """Kernel-module flavour from /proc/driver/nvidia/version: "NVRM version: NVIDIA UNIX Open Kernel Module for
+    x86_64  580.159.04 ..." is the open one, "NVRM version: NVIDIA UNIX x86_64 Kernel Module  ..." the proprietary
+    one (the open modules' README; a real capture in tests/fixtures/nvidia-smi/h200-driver580/system.txt)."""
+    first = next((line for line in str(proc_version).splitlines() if line.startswith("NVRM version:")), "")
+    if not first:
+        raise ValueError(f"not an NVIDIA driver version report: {str(proc_version)[:120]!r}")
+    return "open" if "Open Kernel Module" in first else "proprietary"
+
+
 def driver_branch(version: str) -> str:
     """'570.195.03' -> '570'."""
     return str(version).split(".")[0]
@@ -67,4 +77,4 @@ def driver_branch(version: str) -> str:
 class FilterModule:
     def filters(self) -> dict:
         return {"nvidia_smi_query": parse_query, "nvidia_smi_xml": parse_xml, "nvidia_version_branch": driver_branch,
-                "nvidia_gpu_summary": gpu_summary}
+                "nvidia_gpu_summary": gpu_summary, "nvidia_module_flavor": module_flavor}

@@ -3,8 +3,15 @@ and per architecture the oldest driver branch and whether only the open kernel m
 
 Read by the nvidia_pci_devices module (preflight's GPU facts) and the nvidia_decisions filters (driver choice).
 Memory is nvidia-smi's total in MiB; the driver's own report (nvidia_driver) replaces it once the driver runs.
-Sources: NVIDIA's PCI id list in the driver README ("Appendix A. Supported NVIDIA GPU Products") and the open
-kernel modules' README (Turing and later; Blackwell supported only by the open modules, from branch 570).
+Sources:
+- device ids and names: NVIDIA/open-gpu-kernel-modules README.md, "Compatible GPUs", at tag 595.45.04 (commit
+  df1c9a3de; the first id of a row is the PCI device id), cross-checked against pciutils/pciids pci.ids (commit
+  c1c1254); NVIDIA's PCI id list in the driver README ("Appendix A. Supported NVIDIA GPU Products") for the
+  older rows. Blackwell is supported only by the open modules, from branch 570.
+- memory of the rows added with the 595.45.04 list (2b8c, 2c05, 2f04, 2bb4, 2bb5, 2941, 2321, 233b): nvidia-smi's
+  `memory.total` as published in public nvidia-smi outputs of those cards (not measured here); their nominal
+  sizes are 24, 16, 12, 96, 96, 186, 94 and 141 GB. Where no nvidia-smi figure is known a row takes the nominal
+  GiB x 1024 and says so in its comment.
 """
 from __future__ import annotations
 
@@ -14,12 +21,20 @@ from typing import Any
 _ROWS: dict[str, tuple[str, str, str, int]] = {
     "2b85": ("GeForce RTX 5090", "blackwell", "12.0", 32607),
     "2b87": ("GeForce RTX 5090 D", "blackwell", "12.0", 32607),
+    "2b8c": ("GeForce RTX 5090 D v2", "blackwell", "12.0", 24455),  # 24 GB
     "2c02": ("GeForce RTX 5080", "blackwell", "12.0", 16303),
-    "2bb1": ("RTX PRO 6000 Blackwell", "blackwell", "12.0", 97887),
+    "2c05": ("GeForce RTX 5070 Ti", "blackwell", "12.0", 16303),  # 16 GB
+    "2f04": ("GeForce RTX 5070", "blackwell", "12.0", 12227),  # 12 GB
+    "2bb1": ("RTX PRO 6000 Blackwell Workstation Edition", "blackwell", "12.0", 97887),
+    "2bb4": ("RTX PRO 6000 Blackwell Max-Q Workstation Edition", "blackwell", "12.0", 97887),  # 96 GB
+    "2bb5": ("RTX PRO 6000 Blackwell Server Edition", "blackwell", "12.0", 97887),  # 96 GB
     "2901": ("B200", "blackwell", "10.0", 183359),
+    "2941": ("GB200", "blackwell", "10.0", 189471),  # 186 GB HBM3e per GPU
     "2330": ("H100 80GB HBM3", "hopper", "9.0", 81559),
     "2331": ("H100 PCIe", "hopper", "9.0", 81559),
+    "2321": ("H100 NVL", "hopper", "9.0", 95830),  # 94 GB
     "2335": ("H200", "hopper", "9.0", 143771),
+    "233b": ("H200 NVL", "hopper", "9.0", 143771),  # 141 GB
     "2684": ("GeForce RTX 4090", "ada", "8.9", 24564),
     "26b9": ("L40S", "ada", "8.9", 46068),
     "20b2": ("A100-SXM4-80GB", "ampere", "8.0", 81920),

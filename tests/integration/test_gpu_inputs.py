@@ -32,9 +32,12 @@ def run(tmp_path: Path, **extra: object) -> str:
     ({"nvidia_driver_branch": "565"},
      "nvidia_driver_branch=565 is too old for blackwell GPUs: they need branch 570 or newer"),
     ({"nvidia_driver_provider": "nouveau"},
-     "value of nvidia_driver_provider must be one of: cuda_repo, rpmfusion, got: nouveau"),
+     "value of nvidia_driver_provider must be one of: cuda_repo, rpmfusion, preinstalled, got: nouveau"),
     ({"nvidia_driver_provider": "rpmfusion"},
-     "nvidia_driver_provider must be cuda_repo, or rpmfusion on Fedora; got 'rpmfusion' on Debian"),
+     "nvidia_driver_provider must be cuda_repo, preinstalled, or rpmfusion on Fedora; got 'rpmfusion' on Debian"),
+    # No driver runs on the test machine: preinstalled verifies, finds none, and installs nothing.
+    ({"nvidia_driver_provider": "preinstalled"},
+     "no NVIDIA driver is running. nvidia_driver_provider is preinstalled, so nothing was installed"),
     ({"preflight_secure_boot": "enabled"},
      "Secure Boot is enabled on localhost: the NVIDIA kernel module will only load once its"),
 ])
@@ -55,11 +58,16 @@ def test_a_variable_renamed_in_0_2_0_fails_naming_its_new_name(tmp_path: Path, o
 
 def test_driver_without_the_facts_of_preflight_fails_naming_them(tmp_path: Path) -> None:
     output = run(tmp_path, gpu_inputs_without_preflight=True)
-    assert "missing required arguments: preflight_gpu_mode, preflight_secure_boot" in output, output[-3000:]
+    assert ("missing required arguments: preflight_gpu_mode, preflight_nvidia_driver_requirements, "
+            "preflight_secure_boot") in output, output[-3000:]
 
 
 def test_secure_boot_message_gives_console_steps_and_the_variable(tmp_path: Path) -> None:
     output = run(tmp_path, preflight_secure_boot="enabled")
+    # NVIDIA's packages build with DKMS, which signs with its own key (not akmods').
+    assert "signing key (DKMS's key, /var/lib/dkms/mok.pub)" in output
+    assert "dkms generate_mok" in output
     assert "mokutil --import /var/lib/dkms/mok.pub" in output
+    assert "kmodgenca" not in output
     assert "nvidia_driver_secure_boot_enrolled=true" in output
     assert "Nothing was changed" in output

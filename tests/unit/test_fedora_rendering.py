@@ -13,6 +13,7 @@ import pytest
 import yaml
 from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar, trust_as_template
+from ansible_collections.llm_endpoints.core.plugins.filter import nvidia_decisions
 from ansible_collections.llm_endpoints.core.plugins.filter.llm_os import os_vars_files
 from helpers import ROOT
 
@@ -22,6 +23,8 @@ FEDORA_42 = {"distribution": "Fedora", "distribution_major_version": "42", "dist
 DEBIAN_12 = {"distribution": "Debian", "distribution_major_version": "12", "distribution_version": "12.11",
              "distribution_release": "bookworm", "os_family": "Debian", "architecture": "x86_64",
              "kernel": "6.1.0-37-amd64"}
+DEBIAN_13 = {**DEBIAN_12, "distribution_major_version": "13", "distribution_version": "13.1",
+             "distribution_release": "trixie", "kernel": "6.12.48+deb13-amd64"}
 UBUNTU_2404 = {"distribution": "Ubuntu", "distribution_major_version": "24", "distribution_version": "24.04",
                "distribution_release": "noble", "os_family": "Debian", "architecture": "x86_64",
                "kernel": "6.8.0-60-generic"}
@@ -138,9 +141,19 @@ def test_driver_packages_headers_and_lock(driver: dict[str, Any]) -> None:
     call = driver_call(driver)
     assert vendor_task(call, "Packages are installed")["name"] == ["nvidia-open-570.*"]
     assert vendor_task(call, "Prerequisites are installed first")["name"] == ["kernel-devel-6.14.0-63.fc42.x86_64"]
-    assert call["vendor_repo_lock"] is True and call["vendor_repo_packages"] == ["nvidia-open"]
-    lock = vendor_task(call, "Packages are locked", __vendor_repo_package="nvidia-open")
-    assert lock["argv"] == ["dnf5", "versionlock", "add", "nvidia-open"]
+    assert "vendor_repo_lock" not in call and call["vendor_repo_packages"] == ["nvidia-open"]
+    # The whole branch is locked after the install (lock-RedHat.yml), from what rpm lists, each package to the branch.
+    listing = ("nvidia-open\t3\t570.195.03\nkmod-nvidia-open-dkms\t3\t570.195.03\n"
+               "nvidia-container-toolkit\t(none)\t1.17.8\n")
+    branch_set = nvidia_decisions.branch_packages(listing, driver["nvidia_driver_branch"])
+    lock = render(find_task("nvidia_driver", "lock-RedHat.yml", "Every installed package of the branch")
+                  ["llm_endpoints.core.dnf5_versionlock_branch"],
+                  {**driver, "__nvidia_driver_branch_set": branch_set})
+    assert lock == {"packages": [{"name": "kmod-nvidia-open-dkms", "epoch": 3, "version": "570.195.03"},
+                                 {"name": "nvidia-open", "epoch": 3, "version": "570.195.03"}],
+                    "branch": 570, "comment": "llm-endpoints: NVIDIA driver branch 570"}
+    assert find_task("nvidia_driver", "cuda_repo.yml", "The whole branch is locked")["ansible.builtin.include_tasks"] \
+        == "lock.yml"
     driver["nvidia_driver_flavor"] = "proprietary"
     assert vendor_task(driver_call(driver), "Packages are installed")["name"] == ["cuda-drivers-570.*"]
     assert render("{{ __nvidia_driver_initramfs_cmd }}", driver) == ["dracut", "--force"]
@@ -151,7 +164,8 @@ def test_rpmfusion_installs_the_akmod_branch_and_locks_it(driver: dict[str, Any]
     assert "vendor_repo_url" not in call  # RPM Fusion's release packages define its repositories
     assert vendor_task(call, "Packages are installed")["name"] == ["akmod-nvidia-3:570.*",
                                                                   "xorg-x11-drv-nvidia-cuda-3:570.*"]
-    assert call["vendor_repo_lock"] is True
+    assert find_task("nvidia_driver", "rpmfusion.yml", "The whole branch is locked")["ansible.builtin.include_tasks"] \
+        == "lock.yml"
 
 
 def test_container_toolkit_repository_and_packages() -> None:
@@ -160,7 +174,9 @@ def test_container_toolkit_repository_and_packages() -> None:
     repo = vendor_task(call, "Repository is configured")
     assert repo["name"] == "nvidia-container-toolkit"
     assert repo["baseurl"] == "https://nvidia.github.io/libnvidia-container/stable/rpm/x86_64"
-    assert repo["gpgkey"] == "https://nvidia.github.io/libnvidia-container/gpgkey" and repo["gpgcheck"] is True
+    assert repo["gpgkey"] == "https://nvidia.github.io/libnvidia-container/gpgkey"
+    # As NVIDIA's nvidia-container-toolkit.repo: the metadata is signature-checked, not each package.
+    assert repo["repo_gpgcheck"] is True and repo["gpgcheck"] is False
     assert vendor_task(call, "Packages are installed")["name"] == [
         "nvidia-container-toolkit-1.17.8-1", "nvidia-container-toolkit-base-1.17.8-1",
         "libnvidia-container-tools-1.17.8-1", "libnvidia-container1-1.17.8-1"]
@@ -225,3 +241,29 @@ def test_os_layers_hold_only_what_differs() -> None:
     assert driver_call(ubuntu_driver)["vendor_repo_key_url"].endswith("/ubuntu2404/x86_64/3bf863cc.pub")  # Debian's key
     pins = vendor_task(driver_call(ubuntu_driver), "Apt preferences pin the packages", UBUNTU_2404)
     assert pins["dest"] == "/etc/apt/preferences.d/nvidia-driver-pin.pref"
+
+
+def test_each_cuda_repository_is_checked_against_the_key_nvidia_signs_it_with() -> None:
+    """NVIDIA/cuda-repo-management's repository/key table: debian12 and ubuntu2404 3bf863cc, debian13 8793F200 (a
+    new key for that repository only), fedora42 D42D0685."""
+    expected = {"debian12": (DEBIAN_12, "3bf863cc.pub"), "debian13": (DEBIAN_13, "8793F200.pub"),
+                "ubuntu2404": (UBUNTU_2404, "3bf863cc.pub"), "fedora42": (FEDORA_42, "D42D0685.pub")}
+    for distro, (facts, key) in expected.items():
+        call = driver_call(role_vars("nvidia_driver", facts, nvidia_driver_branch="580"))
+        assert call["vendor_repo_key_url"] == \
+            f"https://developer.download.nvidia.com/compute/cuda/repos/{distro}/x86_64/{key}", distro
+
+
+def test_secure_boot_steps_follow_the_provider() -> None:
+    """The key that signs the module is the provider's: DKMS's own for NVIDIA's packages (dkms README), shim-signed's
+    on Ubuntu, akmods' for RPM Fusion (RPM Fusion Howto/Secure Boot)."""
+    steps = "{{ __nvidia_driver_secure_boot_steps[nvidia_driver_provider] }}"
+    fedora_dkms = render(steps, role_vars("nvidia_driver", FEDORA_42, nvidia_driver_provider="cuda_repo"))
+    assert fedora_dkms == {"signer": "DKMS's key, /var/lib/dkms/mok.pub", "install": "dnf install -y dkms mokutil",
+                           "generate": "dkms generate_mok", "public_key": "/var/lib/dkms/mok.pub"}
+    akmods = render(steps, role_vars("nvidia_driver", FEDORA_42, nvidia_driver_provider="rpmfusion"))
+    assert akmods["generate"] == "kmodgenca -a" and akmods["public_key"] == "/etc/pki/akmods/certs/public_key.der"
+    debian = render(steps, role_vars("nvidia_driver", DEBIAN_12, nvidia_driver_provider="cuda_repo"))
+    assert debian["install"] == "apt-get install -y dkms mokutil" and debian["public_key"] == "/var/lib/dkms/mok.pub"
+    ubuntu = render(steps, role_vars("nvidia_driver", UBUNTU_2404, nvidia_driver_provider="cuda_repo"))
+    assert ubuntu["public_key"] == "/var/lib/shim-signed/mok/MOK.der"

@@ -49,3 +49,19 @@ def test_unknown_ids_are_reported_not_guessed() -> None:
     req = dec.driver_requirements([gpu("ffff")])
     assert req["architectures"] == ["unknown"] and req["unknown_device_ids"] == ["ffff"]
     assert req["min_branch"] == 0 and not req["open_required"]
+
+
+def test_the_branch_set_is_every_driver_package_on_the_branch() -> None:
+    """NVIDIA's version-locking guide locks *nvidia*<branch>*: kmod, libs, utils, not only the metapackage."""
+    rpm = ("nvidia-open\t3\t580.82.07\nkmod-nvidia-open-dkms\t3\t580.82.07\nnvidia-driver-cuda-libs\t3\t580.82.07\n"
+           "libnvidia-ml\t3\t580.82.07\nnvidia-container-toolkit\t(none)\t1.17.8\nkernel-devel\t(none)\t6.14.0\n"
+           "nvidia-kmod-common\t3\t570.195.03\n")
+    assert dec.branch_packages(rpm, "580") == [
+        {"name": "kmod-nvidia-open-dkms", "epoch": 3, "version": "580.82.07"},
+        {"name": "libnvidia-ml", "epoch": 3, "version": "580.82.07"},
+        {"name": "nvidia-driver-cuda-libs", "epoch": 3, "version": "580.82.07"},
+        {"name": "nvidia-open", "epoch": 3, "version": "580.82.07"}]
+    dpkg = ("libcuda1\tii \t580.82.07-1\nnvidia-smi\thi \t1:580.82.07-1\nlibnvidia-container1\tii \t1.17.8-1\n"
+            "libnvcuvid1\tii \t580.82.07-1\nnvidia-settings\trc \t580.82.07-1\n")
+    assert [p["name"] for p in dec.branch_packages(dpkg, 580)] == ["libcuda1", "libnvcuvid1", "nvidia-smi"]
+    assert dec.branch_packages(dpkg, 580)[2] == {"name": "nvidia-smi", "epoch": 1, "version": "580.82.07-1"}

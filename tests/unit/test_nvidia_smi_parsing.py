@@ -50,3 +50,17 @@ def test_summary_keeps_identity_not_readings() -> None:
     [gpu] = smi.gpu_summary(smi.parse_query((CAPTURE / "query-gpu.csv").read_text()))
     assert gpu == {"index": 0, "name": "NVIDIA H200", "uuid": "GPU-aa1d6add-cd4c-86bc-d6f6-5432a0ff7621",
                    "pci_bus_id": "00000000:00:06.0", "device_id": "2335", "memory_total": 143771, "compute_cap": "9.0"}
+
+
+def test_module_flavor_of_the_real_capture_is_open() -> None:
+    assert smi.module_flavor((CAPTURE / "system.txt").read_text()) == "open"
+
+
+def test_module_flavor_of_the_proprietary_modules() -> None:
+    line = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  570.195.03  Release Build  (dvs-builder@U16-A24-23-2)\n"
+    assert smi.module_flavor(line) == "proprietary"
+
+
+def test_module_flavor_refuses_what_is_not_a_driver_report() -> None:
+    with pytest.raises(ValueError, match="not an NVIDIA driver version report"):
+        smi.module_flavor("cat: /proc/driver/nvidia/version: No such file or directory")

@@ -15,19 +15,42 @@ def test_nvidia_repository_and_key(host: Host) -> None:
     assert "BEGIN PGP PUBLIC KEY BLOCK" in host.file("/etc/apt/keyrings/nvidia-cuda.asc").content_string
 
 
-def test_driver_branch_pinned_and_held(host: Host) -> None:
-    assert host.package("nvidia-open").version == "570.195.03-1"  # newest of branch 570, not 575
-    assert host.package("nvidia-smi").version == "570.195.03-1"
-    assert "hold" in host.check_output("dpkg --get-selections nvidia-open")
-    assert "Pin: version 570.*" in host.file("/etc/apt/preferences.d/nvidia-driver-pin.pref").content_string
+# Every package of the driver stack the install brought, not only the metapackage (NVIDIA's version-locking guide:
+# "*nvidia*<branch>*").
+BRANCH_SET = ("nvidia-open", "nvidia-kernel-open-dkms", "nvidia-smi")
 
 
-def test_newer_branch_is_not_taken(host: Host) -> None:
-    policy = host.check_output("apt-cache policy nvidia-open")
-    assert "Candidate: 570.195.03-1" in policy
-    assert "575.64.05-1" in policy  # the newer branch is in the repository...
-    upgrade = host.run("apt-get -s -o Debug::NoLocking=1 install nvidia-open=575.64.05-1")
-    assert upgrade.rc != 0 or "Inst nvidia-open" not in upgrade.stdout  # ...and cannot come in
+def test_driver_branch_pinned_whole(host: Host) -> None:
+    pref = host.file("/etc/apt/preferences.d/nvidia-driver-pin.pref").content_string
+    assert "Pin: version 570.*" in pref
+    pinned = [line.split(": ", 1)[1].split() for line in pref.splitlines() if line.startswith("Package: ")]
+    for name in BRANCH_SET:
+        assert host.package(name).version == "570.195.03-1", name  # newest of branch 570, not 575
+        assert all(name in packages for packages in pinned), name
+        # Pinned, not held: a hold would also refuse the branch's own point releases.
+        assert "hold" not in host.check_output(f"dpkg --get-selections {name}")
+
+
+def test_no_driver_package_can_leave_the_branch(host: Host) -> None:
+    for name in BRANCH_SET:
+        policy = host.check_output(f"apt-cache policy {name}")
+        assert "Candidate: 570.195.03-1" in policy, policy  # what an upgrade would take...
+        assert "575.64.05-1" in policy  # ...although the newer branch is in the repository
+        again = host.run(f"apt-get -s -o Debug::NoLocking=1 install {name}")
+        assert again.rc == 0 and "575.64.05" not in again.stdout, again.stdout
+    upgrade = host.run("apt-get -s -o Debug::NoLocking=1 dist-upgrade")
+    assert upgrade.rc == 0 and "575.64.05" not in upgrade.stdout, upgrade.stdout
+    # Moving the metapackage to the newer branch is refused: its dependencies of that branch are pinned away. (apt
+    # honours an explicit name=version request of a single package over a pin; only a dpkg hold refuses that, and
+    # a hold would refuse the branch's own point releases too.)
+    move = host.run("apt-get -s -o Debug::NoLocking=1 install nvidia-open=575.64.05-1")
+    assert move.rc != 0 or "Inst nvidia-open" not in move.stdout, move.stdout
+
+
+def test_point_releases_of_the_branch_stay_installable(host: Host) -> None:
+    move = host.run("apt-get -s -o Debug::NoLocking=1 --allow-downgrades install "
+                    "nvidia-open=570.172.08-1 nvidia-kernel-open-dkms=570.172.08-1 nvidia-smi=570.172.08-1")
+    assert move.rc == 0 and "Inst nvidia-open [570.195.03-1] (570.172.08-1" in move.stdout, move.stdout
 
 
 def test_nouveau_blacklisted(host: Host) -> None:

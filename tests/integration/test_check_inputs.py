@@ -1,0 +1,145 @@
+"""Bad inputs of the check roles (llm_smoke, llm_throughput) fail before the first request, naming the variable.
+
+The endpoint is a local server that records every request and answers 404: no engine is needed, and a check that
+let a bad input through would show up as a recorded request.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from llm_fixture import run_playbook
+
+API_KEY = "check-inputs-test-key"
+
+
+class Recorder(BaseHTTPRequestHandler):
+    seen: list[str] = []
+
+    def _record(self) -> None:
+        Recorder.seen.append(f"{self.command} {self.path}")
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    do_GET = do_POST = _record
+
+    def log_message(self, *args: object) -> None:
+        return
+
+
+@pytest.fixture
+def endpoint() -> Iterator[int]:
+    Recorder.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def run(tmp_path: Path, port: int, role: str, **extra: object) -> str:
+    variables = {"check_inputs_role": role, "llm_stack_port": port, "llm_stack_served_model_name": "test/model",
+                 "llm_stack_api_key": API_KEY, "preflight_nvidia_gpus": [], **extra}
+    result = run_playbook(tmp_path, "check_inputs.yml", variables)
+    assert result.rc != 0, result.output[-3000:]
+    return result.output
+
+
+def test_good_inputs_do_reach_the_recorder(tmp_path: Path, endpoint: int) -> None:
+    # The control: with good inputs the role sends requests (and fails on the 404s), so "nothing recorded" below
+    # means the inputs were refused first.
+    output = run(tmp_path, endpoint, "llm_smoke")
+    assert "GET /health" in Recorder.seen, output[-3000:]
+
+
+SMOKE = [
+    ({"llm_smoke_base_url": "127.0.0.1:8000"},
+     "llm_smoke_base_url must be an http(s) URL http(s)://<host>[:<port 1-65535>][/<path>] without spaces or line "
+     'breaks; got "127.0.0.1:8000".'),
+    ({"llm_smoke_base_url": "http://127.0.0.1:70000"}, 'llm_smoke_base_url must be an http(s) URL'),
+    ({"llm_smoke_base_url": "http://127.0.0.1:8000\n"}, 'got "http://127.0.0.1:8000\\n".'),
+    ({"llm_smoke_model": "test model"},
+     'llm_smoke_model must be a model name of 1 to 256 characters without spaces, line breaks or control characters; '
+     'got "test model".'),
+    ({"llm_smoke_model": ""}, 'llm_smoke_model must be a model name of 1 to 256 characters'),
+    ({"llm_smoke_max_tokens": 0}, "llm_smoke_max_tokens must be a whole number from 1 to 131072; got 0."),
+    ({"llm_smoke_max_tokens": 1_000_000}, "llm_smoke_max_tokens must be a whole number from 1 to 131072; got 1000000."),
+    ({"llm_smoke_max_tokens": "many"}, "argument 'llm_smoke_max_tokens' is of type str"),
+    ({"llm_smoke_timeout_s": 0},
+     "llm_smoke_timeout_s must be a number of seconds greater than 0 and at most 3600; got 0."),
+    ({"llm_smoke_timeout_s": "nan"},
+     'llm_smoke_timeout_s must be a number of seconds greater than 0 and at most 3600; got "nan".'),
+    ({"llm_smoke_profile": "custom", "llm_smoke_prompt_checks": [{"name": "x", "prompt": "Say x."}]},
+     "missing required arguments: pattern found in llm_smoke_prompt_checks"),
+    ({"llm_smoke_profile": "nonexistent"}, "llm_smoke_profile 'nonexistent' is unknown"),
+]
+
+THROUGHPUT = [
+    ({"llm_throughput_base_url": "ftp://127.0.0.1:8000"}, 'llm_throughput_base_url must be an http(s) URL'),
+    ({"llm_throughput_base_url": "http://127.0.0.1:0"}, 'got "http://127.0.0.1:0".'),
+    ({"llm_throughput_model": "a\nb"}, 'llm_throughput_model must be a model name of 1 to 256 characters'),
+    ({"llm_throughput_concurrency": []},
+     "llm_throughput_concurrency must be a non-empty list of whole numbers from 1 to 1024; got []."),
+    ({"llm_throughput_concurrency": [1, 0]},
+     "llm_throughput_concurrency must be a non-empty list of whole numbers from 1 to 1024; got [1, 0]."),
+    ({"llm_throughput_concurrency": [1, 5000]},
+     "llm_throughput_concurrency must be a non-empty list of whole numbers from 1 to 1024; got [1, 5000]."),
+    ({"llm_throughput_concurrency": [2, 8], "llm_throughput_min_decode_tps": 100},
+     "llm_throughput_concurrency must be a list that includes 1 when llm_throughput_min_decode_tps is set"),
+    ({"llm_throughput_prompts": ["Say hello.", ""]},
+     "llm_throughput_prompts must be a list of non-empty prompts (or empty for the built-in set)"),
+    ({"llm_throughput_requests_per_level": 0},
+     "llm_throughput_requests_per_level must be a whole number from 1 to 100000; got 0."),
+    ({"llm_throughput_warmup_requests": -1},
+     "llm_throughput_warmup_requests must be a whole number from 0 to 1000; got -1."),
+    ({"llm_throughput_max_tokens": 0}, "llm_throughput_max_tokens must be a whole number from 1 to 131072; got 0."),
+    ({"llm_throughput_time_limit_s": 0},
+     "llm_throughput_time_limit_s must be a number greater than 0 and at most 86400; got 0."),
+    ({"llm_throughput_max_failed": -1}, "llm_throughput_max_failed must be a whole number from 0 to 1000000; got -1."),
+    ({"llm_throughput_min_decode_tps": -5},
+     "llm_throughput_min_decode_tps must be a number from 0 to 1000000; got -5."),
+    ({"llm_throughput_max_p99_ttft_ms": 0},
+     "llm_throughput_max_p99_ttft_ms must be a number greater than 0 and at most 3600000; got 0."),
+    ({"llm_throughput_min_decode_tps": "fast"}, "argument 'llm_throughput_min_decode_tps' is of type str"),
+]
+
+KEY_MESSAGE = ("{} must be empty or at most 512 printable ASCII characters without spaces or line breaks "
+               "(its value is not shown).")
+
+
+@pytest.mark.parametrize(("extra", "message"), SMOKE)
+def test_bad_smoke_inputs_fail_before_any_request(tmp_path: Path, endpoint: int, extra: dict, message: str) -> None:
+    output = run(tmp_path, endpoint, "llm_smoke", **extra)
+    assert message in output, output[-3000:]
+    assert Recorder.seen == []
+
+
+@pytest.mark.parametrize(("extra", "message"), THROUGHPUT)
+def test_bad_throughput_inputs_fail_before_any_request(tmp_path: Path, endpoint: int, extra: dict,
+                                                       message: str) -> None:
+    output = run(tmp_path, endpoint, "llm_throughput", **extra)
+    assert message in output, output[-3000:]
+    assert Recorder.seen == []
+
+
+@pytest.mark.parametrize("role", ["llm_smoke", "llm_throughput"])
+@pytest.mark.parametrize("key", ["check-key\n", "check-key\nX-Injected: 1", "check key", "k" * 513])
+def test_a_bad_api_key_fails_before_any_request_and_is_never_printed(tmp_path: Path, endpoint: int, role: str,
+                                                                    key: str) -> None:
+    output = run(tmp_path, endpoint, role, **{f"{role}_api_key": key})
+    assert KEY_MESSAGE.format(f"{role}_api_key") in output, output[-3000:]
+    assert "check-key" not in output and "check key" not in output and "k" * 513 not in output
+    assert Recorder.seen == []
+
+
+def test_a_bad_shared_api_key_fails_in_llm_defaults(tmp_path: Path, endpoint: int) -> None:
+    output = run(tmp_path, endpoint, "llm_smoke", llm_stack_api_key="shared-key\n")
+    assert KEY_MESSAGE.format("llm_stack_api_key") in output, output[-3000:]
+    assert "shared-key" not in output
+    assert Recorder.seen == []
