@@ -22,7 +22,9 @@ from ansible_collections.llm_endpoints.core.plugins.filter.nvidia_smi import (
     parse_xml,
 )
 
-OK, WARN, FAIL = "ok", "warn", "fail"
+OK = "ok"
+WARN = "warn"
+FAIL = "fail"
 # Packages of the driver stack whose version carries the branch (NVIDIA's and RPM Fusion's names).
 _DRIVER_PACKAGE = re.compile(r"(nvidia|cuda-drivers|libcuda|libnvidia|xorg-x11-drv-nvidia|akmod-nvidia|kmod-nvidia)")
 

@@ -41,11 +41,12 @@ def driver_choice_errors(requirements: dict[str, Any], flavor: str, branch: Any)
     return errors
 
 
-def branch_packages(listing: str, branch: Any) -> list[dict[str, Any]]:
+def branch_packages(listing: str, branch: Any = None) -> list[dict[str, Any]]:
     """The installed packages of the driver stack on a branch: [{name, epoch, version}], sorted by name. Lines are
     "<name>\\t<epoch>\\t<version>" (rpm -qa --qf, "(none)" for no epoch) or "<name>\\t<status>\\t<version>"
-    (dpkg-query ${db:Status-Abbrev}: only "ii"/"hi", installed, count; dpkg puts the epoch into the version)."""
-    prefix = f"{int(str(branch))}."
+    (dpkg-query ${db:Status-Abbrev}: only "ii"/"hi", installed, count; dpkg puts the epoch into the version).
+    Without a branch: every installed package of the driver stack, whatever its branch."""
+    prefix = f"{int(str(branch))}." if branch not in (None, "") else ""
     found = {}
     for line in str(listing).splitlines():
         fields = line.split("\t")
@@ -58,7 +59,10 @@ def branch_packages(listing: str, branch: Any) -> list[dict[str, Any]]:
             epoch = "0"
         if ":" in version:  # dpkg writes the epoch into the version
             epoch, version = version.split(":", 1)
-        if _DRIVER_STACK.search(name) and version.startswith(prefix):
+        # Without a branch, a driver version is what has a three-digit branch (580.82.07): the container toolkit's
+        # nvidia-container-toolkit 1.17.8 is not the driver's.
+        on_branch = version.startswith(prefix) if prefix else re.match(r"[0-9]{3}\.", version) is not None
+        if _DRIVER_STACK.search(name) and on_branch:
             found[name] = {"name": name, "epoch": int(epoch) if epoch.isdigit() else 0, "version": version}
     return [found[name] for name in sorted(found)]
 

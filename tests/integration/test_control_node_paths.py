@@ -30,3 +30,31 @@ def test_the_environment_still_wins(tmp_path: Path) -> None:
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), LLM_REPORT_DIR=str(tmp_path / "r"),
                LLM_CACHE_DIR=str(tmp_path / "c"))
     assert paths(env) == {"reports": str(tmp_path / "r"), "cache": str(tmp_path / "c")}
+
+
+def test_a_system_wide_ansible_cfg_is_not_a_project(tmp_path: Path) -> None:
+    """With /etc/ansible/ansible.cfg (or ~/.ansible.cfg) reports must not land in /etc/ansible: the playbook's
+    folder is used instead."""
+    etc = Path("/etc/ansible/ansible.cfg")
+    made_dir = not etc.parent.exists()
+    if not etc.exists():
+        etc.parent.mkdir(parents=True, exist_ok=True)
+        etc.write_text((ROOT / "ansible.cfg").read_text().replace(
+            "collections_path = .collection", f"collections_path = {ROOT / '.collection'}"))
+        created = True
+    else:
+        created = False
+    try:
+        env = {k: v for k, v in os.environ.items() if k not in ("LLM_REPORT_DIR", "LLM_CACHE_DIR", "ANSIBLE_CONFIG")}
+        env["ANSIBLE_COLLECTIONS_PATH"] = str(ROOT / ".collection")
+        playbook = [str(Path(sys.executable).parent / "ansible-playbook"), str(ROOT / "tests/playbooks/paths.yml")]
+        run = subprocess.run(playbook, cwd=tmp_path, env=env, capture_output=True, text=True, check=False)
+        assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+        found = json.loads(re.search(r"PATHS (\{.*?\})\"", run.stdout).group(1).replace('\\"', '"'))
+        beside_playbook = ROOT / "tests/playbooks"
+        assert found == {"reports": str(beside_playbook / "reports"), "cache": str(beside_playbook / ".cache")}
+    finally:
+        if created:
+            etc.unlink()
+        if made_dir:
+            etc.parent.rmdir()

@@ -151,7 +151,7 @@ def test_driver_packages_headers_and_lock(driver: dict[str, Any]) -> None:
                   {**driver, "__nvidia_driver_branch_set": branch_set})
     assert lock == {"packages": [{"name": "kmod-nvidia-open-dkms", "epoch": 3, "version": "570.195.03"},
                                  {"name": "nvidia-open", "epoch": 3, "version": "570.195.03"}],
-                    "branch": 570, "comment": "llm-endpoints: NVIDIA driver branch 570"}
+                    "branch": 570, "comment": "llm-endpoints: NVIDIA driver branch lock"}
     assert find_task("nvidia_driver", "cuda_repo.yml", "The whole branch is locked")["ansible.builtin.include_tasks"] \
         == "lock.yml"
     driver["nvidia_driver_flavor"] = "proprietary"
@@ -263,7 +263,12 @@ def test_secure_boot_steps_follow_the_provider() -> None:
                            "generate": "dkms generate_mok", "public_key": "/var/lib/dkms/mok.pub"}
     akmods = render(steps, role_vars("nvidia_driver", FEDORA_42, nvidia_driver_provider="rpmfusion"))
     assert akmods["generate"] == "kmodgenca -a" and akmods["public_key"] == "/etc/pki/akmods/certs/public_key.der"
-    debian = render(steps, role_vars("nvidia_driver", DEBIAN_12, nvidia_driver_provider="cuda_repo"))
-    assert debian["install"] == "apt-get install -y dkms mokutil" and debian["public_key"] == "/var/lib/dkms/mok.pub"
+    debian13 = render(steps, role_vars("nvidia_driver", DEBIAN_13, nvidia_driver_provider="cuda_repo"))
+    assert debian13["install"] == "apt-get install -y dkms mokutil" and debian13["generate"] == "dkms generate_mok"
+    # Debian 12's dkms 3.0.10 has no generate_mok: the openssl command it runs itself.
+    debian12 = render(steps, role_vars("nvidia_driver", DEBIAN_12, nvidia_driver_provider="cuda_repo"))
+    assert debian12["generate"].startswith("openssl req -new -x509")
+    assert "-out /var/lib/dkms/mok.pub" in debian12["generate"]
+    assert debian12["public_key"] == "/var/lib/dkms/mok.pub"
     ubuntu = render(steps, role_vars("nvidia_driver", UBUNTU_2404, nvidia_driver_provider="cuda_repo"))
     assert ubuntu["public_key"] == "/var/lib/shim-signed/mok/MOK.der"

@@ -65,3 +65,8 @@ def test_the_branch_set_is_every_driver_package_on_the_branch() -> None:
             "libnvcuvid1\tii \t580.82.07-1\nnvidia-settings\trc \t580.82.07-1\n")
     assert [p["name"] for p in dec.branch_packages(dpkg, 580)] == ["libcuda1", "libnvcuvid1", "nvidia-smi"]
     assert dec.branch_packages(dpkg, 580)[2] == {"name": "nvidia-smi", "epoch": 1, "version": "580.82.07-1"}
+
+
+def test_without_a_branch_every_installed_driver_package_counts_but_not_the_container_toolkit() -> None:
+    rpm = "nvidia-open\t3\t570.195.03\nnvidia-container-toolkit\t(none)\t1.17.8\nlibnvidia-container1\t(none)\t1.17.8\n"
+    assert [p["name"] for p in dec.branch_packages(rpm)] == ["nvidia-open"]
