@@ -17,7 +17,7 @@ help:
 	@echo "make lab       create/reuse the local lab host and run site.yml against it"
 	@echo "make lab-down  remove the lab host"
 	@echo "make test      lint, syntax check, pytest and molecule test --all: default, gpu_sim, fedora42_sim (what CI runs)"
-	@echo "make bench     benchmarks that print figures (fidelity, client capacity)"
+	@echo "make bench     benchmarks that print figures (fidelity, client capacity, gateway overhead)"
 	@echo "make collection  build the collection artifact llm_endpoints.core into .cache/dist"
 
 $(BIN)/.installed: requirements.txt
@@ -71,6 +71,7 @@ test:
 bench: venv
 	$(BIN)/python benchmarks/fidelity.py
 	$(BIN)/python benchmarks/client_capacity.py
+	$(BIN)/python benchmarks/gateway_overhead.py
 
 collection: venv
 	$(BIN)/ansible-galaxy collection build --force --output-path $(CACHE)/dist .

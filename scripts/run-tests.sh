@@ -13,5 +13,6 @@ step "lint";            make --no-print-directory lint
 step "syntax";          make --no-print-directory syntax
 step "docker + compose"; scripts/ensure-docker.sh && scripts/ensure-compose.sh
 step "images";          make --no-print-directory images
-step "pytest";          make --no-print-directory unit
+step "chromium";        scripts/ensure-chromium.sh
+step "pytest";          LLM_REQUIRE_BROWSER=1 make --no-print-directory unit
 step "molecule";        make --no-print-directory molecule

@@ -34,6 +34,25 @@ options:
     elements: dict
     required: true
   timeout_s: {description: Per-request timeout in seconds, type: float, required: true}
+  backend_url:
+    description:
+      - The backend API in front of the engine (empty - not checked). Checks its /health, that a request without a
+        key or with an unknown key gets 401 with an OpenAI-style error, a streamed chat through it (chunks, a usage
+        chunk, [DONE]), that backend_limit_key gets 429 within backend_limit_attempts requests, and /metrics.
+    type: str
+    default: ""
+  backend_key: {description: A backend key with room for the checks, type: str, default: "", no_log: true}
+  backend_limit_key: {description: A backend key allowed one request a minute, type: str, default: "", no_log: true}
+  backend_limit_attempts: {description: Requests sent with backend_limit_key at most, type: int, default: 3}
+  frontend_key:
+    description: The chat UI's own backend key, when it has one; checked against the backend's /v1/models.
+    type: str
+    default: ""
+    no_log: true
+  frontend_url:
+    description: The chat UI (empty - not checked); checks /_stcore/health and the page.
+    type: str
+    default: ""
 author: llm-endpoints project
 """
 
@@ -115,6 +134,85 @@ def check_auth(ep: OpenAIEndpoint) -> list[dict[str, Any]]:
     ]
 
 
+def openai_error(body: str) -> bool:
+    """Whether a reply body is an OpenAI-style error: {"error": {"message": ..., ...}}."""
+    try:
+        error = json.loads(body)["error"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return isinstance(error, dict) and bool(error.get("message"))
+
+
+def parsed(event: str) -> dict:
+    """A streamed event's JSON object; {} for one that is not."""
+    try:
+        value = json.loads(event)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def check_backend(params: dict) -> list[dict[str, Any]]:
+    """The backend in front of the engine: health, keys (401), a streamed chat through it with usage, the rate
+    limit (429, with its own key allowed one request a minute) and /metrics."""
+    timeout = params["timeout_s"]
+    ep = OpenAIEndpoint(params["backend_url"], params["model"], params["backend_key"], timeout)
+    limited = OpenAIEndpoint(params["backend_url"], params["model"], params["backend_limit_key"], timeout)
+    status, body = ep.call("/health", auth=False)
+    checks = [result("backend:health", status == 200, ep.describe("GET", "/health", auth=False),
+                     f"HTTP {status} {body}", "expected HTTP 200 (the backend reflects the engine's health)")]
+    status, body = ep.call("/v1/models", auth=False)
+    checks.append(result("backend:without-key", status == 401 and openai_error(body),
+                         ep.describe("GET", "/v1/models", auth=False), f"HTTP {status} {body}",
+                         "expected HTTP 401 with an OpenAI-style error without a key"))
+    wrong = OpenAIEndpoint(params["backend_url"], params["model"], "not-a-key-" + "x" * 40, timeout)
+    status, body = wrong.call("/v1/models")
+    checks.append(result("backend:wrong-key", status == 401 and openai_error(body),
+                         "GET /v1/models (Authorization: Bearer <a key the backend does not have>)",
+                         f"HTTP {status} {body}", "expected HTTP 401 with an OpenAI-style error for an unknown key"))
+    if params["frontend_key"]:
+        ui = OpenAIEndpoint(params["backend_url"], params["model"], params["frontend_key"], timeout)
+        status, body = ui.call("/v1/models")
+        checks.append(result("frontend:backend-key", status == 200,
+                             "GET /v1/models with the chat UI's key (redacted)", f"HTTP {status} {body[:200]}",
+                             "expected HTTP 200: the backend accepts the chat UI's key"))
+    request = ep.chat_body("Count from one to five in words.", params["max_tokens"], stream=True)
+    status, payload = ep.call("/v1/chat/completions", request)
+    seen = [e.decode("utf-8", errors="replace") for e in events(iter(payload.encode().splitlines()))]
+    usage = [e for e in seen if e.startswith("{") and '"usage"' in e and parsed(e).get("usage")]
+    chunks = [e for e in seen if e and e != "[DONE]"]
+    streamed = status == 200 and len(chunks) > 1 and bool(usage) and seen[-1:] == ["[DONE]"]
+    checks.append(result("backend:stream", streamed, ep.describe("POST", "/v1/chat/completions", request),
+                         f"HTTP {status}, {len(chunks)} chunks, usage {usage[-1:]!r}, last event {seen[-1:]!r}",
+                         "expected HTTP 200, streamed chunks, a usage chunk and [DONE] through the backend"))
+    replies = []
+    for _ in range(params["backend_limit_attempts"]):
+        status, body = limited.call("/v1/models")
+        replies.append(status)
+        if status == 429:
+            break
+    checks.append(result("backend:rate-limit", replies[-1:] == [429] and openai_error(body),
+                         f"GET /v1/models x{len(replies)} with a key allowed 1 request a minute (redacted)",
+                         f"HTTP {replies} {body}", "expected HTTP 429 with an OpenAI-style error past the key's limit"))
+    status, body = ep.call("/metrics", auth=False)
+    checks.append(result("backend:metrics", status == 200 and "llm_backend_requests_total" in body,
+                         ep.describe("GET", "/metrics", auth=False), f"HTTP {status} {body[:200]}",
+                         "expected HTTP 200 with the llm_backend_requests_total metric"))
+    return checks
+
+
+def check_frontend(url: str, timeout: float) -> list[dict[str, Any]]:
+    """The chat UI: its health endpoint and its page."""
+    ep = OpenAIEndpoint(url, "", "", timeout)
+    status, body = ep.call("/_stcore/health", auth=False)
+    checks = [result("frontend:health", status == 200 and body.strip() == "ok", "GET /_stcore/health",
+                     f"HTTP {status} {body}", "expected HTTP 200 ok")]
+    status, body = ep.call("/", auth=False)
+    checks.append(result("frontend:page", status == 200 and "<html" in body.lower(), "GET /",
+                         f"HTTP {status} {body[:200]}", "expected HTTP 200 with the chat page's HTML"))
+    return checks
+
+
 def run_checks(params: dict) -> dict[str, Any]:
     ep = OpenAIEndpoint(params["base_url"], params["model"], params["api_key"], params["timeout_s"])
     checks = [check_health(ep)]
@@ -123,6 +221,10 @@ def run_checks(params: dict) -> dict[str, Any]:
     checks += [check_prompt(ep, spec, params["max_tokens"]) for spec in params["prompt_checks"]]
     if params["api_key"]:
         checks += check_auth(ep)
+    if params["backend_url"]:
+        checks += check_backend(params)
+    if params["frontend_url"]:
+        checks += check_frontend(params["frontend_url"], params["timeout_s"])
     return {"checks": checks, "passed": all(c["passed"] for c in checks), "model_meta": meta}
 
 
@@ -133,6 +235,13 @@ def main() -> None:
             "max_tokens": {"type": "int", "required": True},
             "prompt_checks": {"type": "list", "elements": "dict", "required": True},
             "timeout_s": {"type": "float", "required": True},
+            # The backend API in front of the engine (empty: not checked), with its check keys, and the chat UI.
+            "backend_url": {"type": "str", "default": ""},
+            "backend_key": {"type": "str", "default": "", "no_log": True},
+            "backend_limit_key": {"type": "str", "default": "", "no_log": True},
+            "backend_limit_attempts": {"type": "int", "default": 3},
+            "frontend_url": {"type": "str", "default": ""},
+            "frontend_key": {"type": "str", "default": "", "no_log": True},
         },
         supports_check_mode=True,
     )

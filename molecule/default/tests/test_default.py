@@ -1,6 +1,8 @@
-"""Verify a converged lab host: the unit runs the compose project and the endpoint really serves."""
+"""Verify a converged lab host: the unit runs the compose project (engine, backend API, chat UI) and all three
+really serve."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -11,6 +13,11 @@ MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 API = "http://127.0.0.1:8000"
 KEY = os.environ["LLM_API_KEY"]
 AUTH = f"-H 'Authorization: Bearer {KEY}'"
+BACKEND = "http://127.0.0.1:8080"
+BACKEND_KEY = os.environ["LLM_BACKEND_API_KEY"]
+BACKEND_AUTH = f"-H 'Authorization: Bearer {BACKEND_KEY}'"
+UI = "http://127.0.0.1:8501"
+STACK = "docker compose --project-directory /opt/llm-stack"
 
 
 def curl_json(host: Host, *args: str) -> dict:
@@ -25,11 +32,33 @@ def test_unit_is_active_and_enabled(host: Host) -> None:
     assert unit.is_enabled
 
 
-def test_compose_project_runs_engine(host: Host) -> None:
-    out = host.check_output("docker compose --project-directory /opt/llm-stack ps --format json engine")
-    states = [json.loads(line) for line in out.splitlines() if line.strip()]
-    assert [s["State"] for s in states] == ["running"]
-    assert states[0]["Health"] == "healthy"
+def test_compose_project_runs_engine_backend_and_chat_ui_healthy(host: Host) -> None:
+    out = host.check_output(f"{STACK} ps --format json")
+    states = {s["Service"]: s for s in (json.loads(line) for line in out.splitlines() if line.strip())}
+    assert sorted(states) == ["backend", "engine", "frontend"]
+    for service in states.values():
+        assert (service["Service"], service["State"], service["Health"]) == (service["Service"], "running", "healthy")
+
+
+def test_engine_is_published_on_loopback_only_and_the_apps_everywhere(host: Host) -> None:
+    assert host.check_output(f"{STACK} port engine 8000") == "127.0.0.1:8000"
+    assert host.check_output(f"{STACK} port backend 8080") == "0.0.0.0:8080"
+    assert host.check_output(f"{STACK} port frontend 8501") == "0.0.0.0:8501"
+
+
+def test_apps_run_as_an_unprivileged_user(host: Host) -> None:
+    for service in ("backend", "frontend"):
+        assert host.check_output(f"{STACK} exec -T {service} id -u") == "10001"
+
+
+def test_backend_keeps_key_hashes_only(host: Host) -> None:
+    keys = host.file("/opt/llm-stack/apps/backend-keys.json")
+    assert (keys.mode, keys.user, keys.gid) == (0o640, "root", 10001)
+    entries = json.loads(keys.content_string)["keys"]
+    assert {"id": "lab-user", "sha256": hashlib.sha256(BACKEND_KEY.encode()).hexdigest()} in entries
+    assert BACKEND_KEY not in keys.content_string
+    assert host.file("/opt/llm-stack/backend.env").mode == 0o600
+    assert host.file("/opt/llm-stack/frontend.env").mode == 0o600
 
 
 def test_env_file_is_private(host: Host) -> None:
@@ -82,3 +111,53 @@ def test_crashed_engine_comes_back(host: Host) -> None:
     host.check_output(f"kill -9 {pid}")
     health = host.run(f"for i in $(seq 1 60); do curl -sf {API}/health && exit 0; sleep 1; done; exit 1")
     assert health.rc == 0, "engine did not come back after its process was killed (restart policy)"
+
+
+def test_backend_refuses_a_request_without_a_key_as_openai_does(host: Host) -> None:
+    cmd = host.run(f"curl -s -w '\\n%{{http_code}}' {BACKEND}/v1/models")
+    body, code = cmd.stdout.rsplit("\n", 1)
+    assert code == "401"
+    assert json.loads(body)["error"]["code"] == "invalid_api_key"
+
+
+def test_backend_streams_a_korean_answer_with_usage(host: Host) -> None:
+    body = json.dumps({"model": MODEL, "max_tokens": 24, "temperature": 0, "stream": True,
+                       "messages": [{"role": "user", "content": "한국의 수도는 어디입니까?"}]}, ensure_ascii=False)
+    cmd = host.run(f"curl -sS -N --max-time 120 {BACKEND_AUTH} -H 'Content-Type: application/json' "
+                   f"-d '{body}' {BACKEND}/v1/chat/completions")
+    assert cmd.rc == 0, cmd.stderr
+    events = [line[5:].strip() for line in cmd.stdout.splitlines() if line.startswith("data:")]
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    text = "".join((c["choices"][0]["delta"].get("content") or "") for c in chunks if c.get("choices"))
+    assert text.strip(), cmd.stdout
+    assert chunks[-1]["usage"]["completion_tokens"] > 0
+
+
+def test_backend_access_log_has_the_request_but_no_prompt_or_key(host: Host) -> None:
+    logs = host.check_output(f"{STACK} logs --no-color backend")
+    assert '"key_id": "lab-user"' in logs or '"key_id":"lab-user"' in logs
+    assert "한국의 수도" not in logs
+    assert BACKEND_KEY not in logs
+
+
+def test_backend_metrics_count_the_requests(host: Host) -> None:
+    metrics = host.check_output(f"curl -sS {BACKEND}/metrics")
+    assert 'key_id="lab-user"' in metrics
+
+
+def test_chat_ui_serves_its_page_and_health(host: Host) -> None:
+    assert host.check_output(f"curl -sS {UI}/_stcore/health") == "ok"
+    assert "<html" in host.check_output(f"curl -sS {UI}/").lower()
+
+
+def test_report_lists_the_three_endpoints_and_the_app_checks() -> None:
+    run = sorted(Path(os.environ["LLM_REPORT_DIR"]).iterdir())[-1]
+    report = json.loads((run / "molecule-bookworm.json").read_text())
+    assert [e["name"] for e in report["endpoints"]] == ["engine", "backend", "frontend"]
+    assert report["endpoints"][0]["published_on"] == "127.0.0.1"
+    assert {c["name"] for c in report["checks"] if c["passed"]} >= {
+        "backend:health", "backend:without-key", "backend:stream", "backend:rate-limit", "backend:metrics",
+        "frontend:health", "frontend:page"}
+    for path in run.iterdir():
+        assert BACKEND_KEY.encode() not in path.read_bytes(), f"backend key in {path}"

@@ -1,0 +1,193 @@
+"""The backend API and chat UI as services of the compose project (llm_apps' render entry point, then llm_stack's),
+validated by `docker compose config`: the production inventory renders the seed's three services, the keys reach
+the host only as hashes, and bad inputs fail before anything is written, naming the variable."""
+from __future__ import annotations
+
+import hashlib
+import json
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from ansible_collections.llm_endpoints.core.plugins.module_utils.gpu_table import describe
+from helpers import ROOT
+from llm_fixture import run_playbook
+
+RTX_5090 = {"pci_address": "0000:01:00.0", "vendor_id": "10de", "device_id": "2b85", "class": "030000",
+            "driver": "nvidia", **describe("2b85")}
+ENGINE_KEY = "engine-key-for-the-render-test-0123456789"
+CHAT_UI_KEY = "chat-ui-key-for-the-render-test-0123456789"
+TEAM_KEY = "team-a-key-for-the-render-test-0123456789"
+HASHED = hashlib.sha256(b"a key handed out elsewhere, long enough").hexdigest()
+VAULT = {"vault_llm_engine_api_key": ENGINE_KEY, "vault_hf_token": "",
+         "vault_llm_backend_api_keys": [{"id": "chat-ui", "key": CHAT_UI_KEY},
+                                        {"id": "team-a", "key": TEAM_KEY, "rate_limit": "120/minute", "max_streams": 8},
+                                        {"id": "batch-jobs", "sha256": HASHED}]}
+PRODUCTION = yaml.safe_load((ROOT / "inventory/production/group_vars/llm_hosts/main.yml").read_text())
+
+
+def render(tmp_path: Path, variables: dict) -> tuple[int, str, Path]:
+    stack = tmp_path / "stack"
+    run = run_playbook(tmp_path, "render_apps.yml", {"llm_stack_dir": str(stack), "preflight_gpu_mode": "nvidia",
+                                                     "preflight_nvidia_gpus": [RTX_5090], **variables})
+    return run.rc, run.output, stack
+
+
+def compose_config(stack: Path) -> dict:
+    out = subprocess.run(["docker", "compose", "--project-directory", str(stack), "config", "--format", "json"],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["services"]
+
+
+def test_production_inventory_renders_the_seed_with_backend_and_chat_ui(tmp_path: Path) -> None:
+    rc, output, stack = render(tmp_path, {**PRODUCTION, **VAULT})
+    assert rc == 0, output[-4000:]
+    services = compose_config(stack)
+    assert sorted(services) == ["backend", "engine", "frontend"]
+    engine, backend, frontend = services["engine"], services["backend"], services["frontend"]
+    assert engine["image"] == "vllm/vllm-openai:v0.11.0"
+    assert engine["command"][engine["command"].index("--model") + 1] == "openai/gpt-oss-20b"
+    # The backend runs: the engine is published on the loopback address only, the apps on every address.
+    assert [(p["host_ip"], p["published"], p["target"]) for p in engine["ports"]] == [("127.0.0.1", "8000", 8000)]
+    assert [(p["host_ip"], p["published"], p["target"]) for p in backend["ports"]] == [("0.0.0.0", "8080", 8080)]
+    assert [(p["host_ip"], p["published"], p["target"]) for p in frontend["ports"]] == [("0.0.0.0", "8501", 8501)]
+    assert backend["depends_on"]["engine"]["condition"] == "service_healthy"
+    assert frontend["depends_on"]["backend"]["condition"] == "service_healthy"
+    for service in (backend, frontend):
+        assert service["restart"] == "unless-stopped"
+        assert service["logging"]["options"] == {"max-size": "50m", "max-file": "3"}
+        assert service["healthcheck"]["test"][:2] == ["CMD", "/opt/venv/bin/python"]
+        assert service["image"].startswith("local/llm-stack-")
+    assert backend["environment"]["LLM_BACKEND_UPSTREAM_URL"] == "http://engine:8000"
+    assert frontend["environment"]["LLM_FRONTEND_BACKEND_URL"] == "http://backend:8080"
+    assert backend["volumes"][0]["target"] == "/etc/llm-backend/keys.json" and backend["volumes"][0]["read_only"]
+    # Keys: hashes only in the key file (readable by the app user, not by everyone), secrets in 0600 env files.
+    keys_file = stack / "apps/backend-keys.json"
+    keys = json.loads(keys_file.read_text())["keys"]
+    assert keys[:3] == [
+        {"id": "chat-ui", "sha256": hashlib.sha256(CHAT_UI_KEY.encode()).hexdigest()},
+        {"id": "team-a", "sha256": hashlib.sha256(TEAM_KEY.encode()).hexdigest(), "rate_limit": "120/minute",
+         "max_streams": 8},
+        {"id": "batch-jobs", "sha256": HASHED}]
+    assert [k["id"] for k in keys[3:]] == ["smoke", "smoke-ratelimit"]
+    assert stat.S_IMODE(keys_file.stat().st_mode) == 0o640 and keys_file.stat().st_gid == 10001
+    assert stat.S_IMODE((stack / "apps/smoke.key").stat().st_mode) == 0o600
+    assert (stack / "backend.env").read_text().count(f"LLM_BACKEND_UPSTREAM_API_KEY={ENGINE_KEY}\n") == 1
+    # The seed's chat page holds no key of its own: its users enter theirs.
+    assert "LLM_FRONTEND_API_KEY" not in (stack / "frontend.env").read_text()
+    for name in ("backend.env", "frontend.env", "engine.env"):
+        assert stat.S_IMODE((stack / name).stat().st_mode) == 0o600
+    # No key anywhere else: not in the compose file, the key file or the play's output.
+    private = {stack / "backend.env", stack / "frontend.env", stack / "engine.env", stack / "apps/smoke.key"}
+    for path in stack.rglob("*"):
+        if path.is_file() and path not in private:
+            text = path.read_text()
+            assert not any(key in text for key in (ENGINE_KEY, CHAT_UI_KEY, TEAM_KEY)), path
+    assert not any(key in output for key in (ENGINE_KEY, CHAT_UI_KEY, TEAM_KEY))
+
+
+def test_a_chat_ui_key_goes_to_its_env_file_only_where_the_page_is_not_public(tmp_path: Path) -> None:
+    rc, output, stack = render(tmp_path, {**PRODUCTION, **VAULT, "llm_apps_frontend_api_key_id": "chat-ui",
+                                          "llm_apps_frontend_bind_address": "10.0.0.5"})
+    assert rc == 0, output[-4000:]
+    assert (stack / "frontend.env").read_text().count(f"LLM_FRONTEND_API_KEY={CHAT_UI_KEY}\n") == 1
+    assert compose_config(stack)["frontend"]["ports"][0]["host_ip"] == "10.0.0.5"
+    assert CHAT_UI_KEY not in output
+
+
+def test_rendering_again_changes_nothing(tmp_path: Path) -> None:
+    variables = {**PRODUCTION, **VAULT}
+    rc, output, stack = render(tmp_path, variables)
+    assert rc == 0, output[-4000:]
+    first = {p: p.read_bytes() for p in stack.rglob("*") if p.is_file()}
+    rc, output, _ = render(tmp_path, variables)
+    assert rc == 0, output[-4000:]
+    assert "changed=0" in output, output[-3000:]
+    assert {p: p.read_bytes() for p in stack.rglob("*") if p.is_file()} == first
+
+
+def test_without_the_backend_the_engine_is_published_everywhere(tmp_path: Path) -> None:
+    rc, output, stack = render(tmp_path, {**PRODUCTION, **VAULT, "llm_backend_enabled": False,
+                                          "llm_frontend_enabled": False})
+    assert rc == 0, output[-4000:]
+    services = compose_config(stack)
+    assert list(services) == ["engine"]
+    assert services["engine"]["ports"][0]["host_ip"] == "0.0.0.0"
+    assert not (stack / "apps").exists()
+
+
+KEYS_MSG = "llm_apps_backend_api_keys[{}] (id {}) must be {{id, key}} or {{id, sha256}}"
+BAD_INPUTS = [
+    ({"llm_frontend_enabled": True, "llm_backend_enabled": False},
+     "llm_frontend_enabled must be true or false, and true only with llm_backend_enabled true"),
+    ({"llm_backend_enabled": "yes"}, 'llm_backend_enabled must be true or false; got "yes".'),
+    ({"llm_backend_port": 8000},
+     "llm_backend_port, llm_frontend_port and llm_stack_port must be three different ports"),
+    ({"llm_frontend_port": 70000}, 'llm_frontend_port must be a port 1-65535; got 70000.'),
+    ({"llm_apps_backend_bind_address": "0.0.0.0:80"}, 'llm_apps_backend_bind_address must be an IPv4 address'),
+    ({"llm_apps_backend_rate_limit": "60 per minute"},
+     'llm_apps_backend_rate_limit must be <count>/<second|minute|hour|day>'),
+    ({"llm_apps_backend_max_streams": 0},
+     "llm_apps_backend_max_streams must be a whole number from 1 to 10000; got 0."),
+    ({"llm_apps_backend_read_timeout_s": "5\n"}, "llm_apps_backend_read_timeout_s must be a number of seconds"),
+    ({"llm_apps_frontend_title": "chat\nLLM_FRONTEND_API_KEY=x"},
+     "llm_apps_frontend_title must be 1 to 80 characters on one line"),
+    ({"llm_apps_base_image": "Python:3.11"}, "llm_apps_base_image must be an image reference"),
+    ({"vault_llm_backend_api_keys": []},
+     "llm_apps_backend_api_keys must be a list of at least one {id, key} or {id, sha256}"),
+    ({"vault_llm_backend_api_keys": [{"id": "chat-ui", "key": "short"}]}, KEYS_MSG.format(0, '"chat-ui"')),
+    ({"vault_llm_backend_api_keys": [{"id": "chat-ui", "key": "k" * 40 + "\nX=1"}]}, KEYS_MSG.format(0, '"chat-ui"')),
+    ({"vault_llm_backend_api_keys": [{"id": "chat-ui", "key": "k" * 40}, {"id": "chat-ui", "key": "j" * 40}]},
+     KEYS_MSG.format(0, '"chat-ui"')),
+    ({"vault_llm_backend_api_keys": [{"id": "chat-ui", "key": "k" * 40}, {"id": "smoke", "key": "j" * 40}]},
+     KEYS_MSG.format(1, '"smoke"')),
+    ({"vault_llm_backend_api_keys": [{"id": "chat-ui", "key": "k" * 40, "sha256": HASHED}]},
+     KEYS_MSG.format(0, '"chat-ui"')),
+    ({"vault_llm_backend_api_keys": [{"id": "chat-ui", "sha256": HASHED.upper()}]}, KEYS_MSG.format(0, '"chat-ui"')),
+    ({"vault_llm_backend_api_keys": [{"id": "Chat UI", "key": "k" * 40}]}, KEYS_MSG.format(0, '"Chat UI"')),
+    ({"vault_llm_backend_api_keys": [{"id": "chat-ui", "key": "k" * 40, "rate_limit": "lots"}]},
+     KEYS_MSG.format(0, '"chat-ui"')),
+    ({"vault_llm_backend_api_keys": [{"id": "chat-ui", "key": "k" * 40, "admin": True}]},
+     KEYS_MSG.format(0, '"chat-ui"')),
+    ({"vault_llm_backend_api_keys": [{"id": "chat-ui", "sha256": HASHED}],
+      "llm_apps_frontend_api_key_id": "chat-ui", "llm_apps_frontend_bind_address": "10.0.0.5"},
+     "llm_apps_frontend_api_key_id must be empty (users enter their own key) or the id of an "
+     "llm_apps_backend_api_keys entry"),
+    ({"llm_apps_frontend_api_key_id": "chat-ui"},
+     'llm_apps_frontend_api_key_id gives the chat UI the key "chat-ui" while llm_apps_frontend_bind_address is '
+     '0.0.0.0'),
+    ({"vault_llm_backend_api_keys": [{"id": "team-a", "key": "CHANGE-ME-team-a-key-long-random-string"}]},
+     KEYS_MSG.format(0, '"team-a"')),
+    ({"vault_llm_engine_api_key": ""}, "llm_stack_api_key must be set (at least 16 characters"),
+    ({"vault_llm_engine_api_key": "engine-key-with-$HOME-in-it"}, "llm_stack_api_key must be set"),
+    ({"vault_llm_backend_api_keys": [{"id": "chat-ui", "key": "chat-ui-key-with-a-quote-'-0123456789"}],
+      "llm_apps_frontend_api_key_id": "chat-ui", "llm_apps_frontend_bind_address": "10.0.0.5"},
+     "llm_apps_frontend_api_key_id must be empty (users enter their own key) or the id of an "),
+    ({"vault_llm_engine_api_key": "CHANGE-ME-engine-key-long-random-string"}, "llm_stack_api_key must be set"),
+    ({"llm_apps_backend_health_timeout_s": 5},
+     "llm_apps_backend_health_timeout_s must be a number of seconds greater"),
+    ({"llm_apps_health_retries": 0}, "llm_apps_health_retries must be a whole number from 1 to 1000; got 0."),
+    ({"llm_stack_bind_address": "0.0.0.0:8000"}, "llm_stack_bind_address must be an IPv4 address"),
+    ({"llm_stack_dir": "/opt/llm stack"}, "llm_stack_dir must be an absolute path on the host other than /"),
+]
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_INPUTS, ids=[str(i) for i in range(len(BAD_INPUTS))])
+def test_bad_inputs_fail_before_anything_is_written(tmp_path: Path, overrides: dict, message: str) -> None:
+    variables = {**PRODUCTION, **VAULT, **overrides}
+    stack = Path(variables.get("llm_stack_dir", tmp_path / "stack"))
+    rc, output, rendered = render(tmp_path, variables) if "llm_stack_dir" not in overrides else (
+        *run_and_output(tmp_path, variables), stack)
+    assert rc != 0
+    assert message in output, output[-3000:]
+    assert not rendered.exists()
+    secrets = [k["key"] for k in variables["vault_llm_backend_api_keys"] if "key" in k]
+    assert not any(secret in output for secret in secrets)
+
+
+def run_and_output(tmp_path: Path, variables: dict) -> tuple[int, str]:
+    run = run_playbook(tmp_path, "render_apps.yml", {"preflight_gpu_mode": "nvidia",
+                                                     "preflight_nvidia_gpus": [RTX_5090], **variables})
+    return run.rc, run.output

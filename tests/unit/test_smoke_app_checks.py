@@ -1,0 +1,121 @@
+"""llm_smoke's checks of the backend and the chat UI pass against a server that behaves, and each fails against one
+that does not (a backend taking any key, never limiting, without usage or metrics; a page that is not served)."""
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from ansible_collections.llm_endpoints.core.plugins.modules import llm_smoke
+
+GOOD_KEY, LIMIT_KEY, UI_KEY = "smoke-key-" + "a" * 40, "limit-key-" + "b" * 40, "ui-key-" + "c" * 40
+ERROR = json.dumps({"error": {"message": "no", "type": "invalid_request_error", "code": "x"}}).encode()
+
+
+class Fake(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    faults: set[str] = set()
+    limited = 0
+
+    def log_message(self, *args: object) -> None:
+        return
+
+    def reply(self, status: int, body: bytes, kind: str = "application/json") -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def key(self) -> str:
+        return self.headers.get("Authorization", "").removeprefix("Bearer ")
+
+    def authorised(self) -> bool:
+        return "any-key" in self.faults or self.key() in (GOOD_KEY, LIMIT_KEY, UI_KEY)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        if self.path == "/health":
+            self.reply(200, b'{"status": "ok"}')
+        elif self.path == "/metrics":
+            metrics = b"# nothing\n" if "no-metrics" in self.faults else b"llm_backend_requests_total 1\n"
+            self.reply(200, metrics, "text/plain")
+        elif self.path == "/_stcore/health":
+            self.reply(200, b"ok", "text/plain")
+        elif self.path == "/":
+            page = b"<!doctype html><html><body></body></html>"
+            self.reply(404 if "no-page" in self.faults else 200, page, "text/html")
+        elif self.path == "/v1/models":
+            if not self.authorised() or (self.key() == UI_KEY and "ui-key-refused" in self.faults):
+                self.reply(401, ERROR)
+            elif self.key() == LIMIT_KEY and "no-limit" not in self.faults:
+                Fake.limited += 1
+                self.reply(429 if Fake.limited > 1 else 200, ERROR if Fake.limited > 1 else b'{"data": []}')
+            else:
+                self.reply(200, b'{"data": [{"id": "m"}]}')
+        else:
+            self.reply(404, ERROR)
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if not self.authorised():
+            self.reply(401, ERROR)
+            return
+        chunk = {"choices": [{"index": 0, "delta": {"content": "one"}}]}
+        usage = {"choices": [], "usage": {"completion_tokens": 2}}
+        events = [chunk, chunk] + ([] if "no-usage" in self.faults else [usage])
+        body = b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+        self.reply(200, body, "text/event-stream")
+
+
+@pytest.fixture
+def serve() -> Iterator:
+    servers: list[ThreadingHTTPServer] = []
+
+    def start(*faults: str) -> str:
+        handler = type("F", (Fake,), {"faults": set(faults)})
+        Fake.limited = 0
+        server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield start
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def checks(url: str) -> dict[str, bool]:
+    params = {"backend_url": url, "model": "m", "backend_key": GOOD_KEY, "backend_limit_key": LIMIT_KEY,
+              "backend_limit_attempts": 3, "frontend_key": UI_KEY, "timeout_s": 10, "max_tokens": 8}
+    results = llm_smoke.check_backend(params) + llm_smoke.check_frontend(url, 10)
+    return {c["name"]: c["passed"] for c in results}
+
+
+def test_a_backend_and_page_that_behave_pass_every_check(serve: object) -> None:
+    assert checks(serve()) == {name: True for name in (
+        "backend:health", "backend:without-key", "backend:wrong-key", "frontend:backend-key", "backend:stream",
+        "backend:rate-limit", "backend:metrics", "frontend:health", "frontend:page")}
+
+
+@pytest.mark.parametrize(("fault", "failing"), [
+    ("any-key", {"backend:without-key", "backend:wrong-key"}),
+    ("no-limit", {"backend:rate-limit"}),
+    ("no-usage", {"backend:stream"}),
+    ("no-metrics", {"backend:metrics"}),
+    ("no-page", {"frontend:page"}),
+    ("ui-key-refused", {"frontend:backend-key"}),
+])
+def test_each_misbehaviour_fails_its_check(serve: object, fault: str, failing: set[str]) -> None:
+    results = checks(serve(fault))
+    assert {name for name, passed in results.items() if not passed} == failing
+
+
+def test_keys_never_appear_in_what_the_checks_report(serve: object) -> None:
+    url = serve()
+    params = {"backend_url": url, "model": "m", "backend_key": GOOD_KEY, "backend_limit_key": LIMIT_KEY,
+              "backend_limit_attempts": 3, "frontend_key": UI_KEY, "timeout_s": 10, "max_tokens": 8}
+    text = json.dumps(llm_smoke.check_backend(params))
+    assert not any(key in text for key in (GOOD_KEY, LIMIT_KEY, UI_KEY))
