@@ -29,7 +29,8 @@ PRODUCTION = yaml.safe_load((ROOT / "inventory/production/group_vars/llm_hosts/m
 
 
 def render(tmp_path: Path, variables: dict) -> tuple[int, str, Path]:
-    stack = tmp_path / "stack"
+    """Render into tmp_path/stack, or into the llm_stack_dir the variables name; returns that directory too."""
+    stack = Path(variables.get("llm_stack_dir", tmp_path / "stack"))
     run = run_playbook(tmp_path, "render_apps.yml", {"llm_stack_dir": str(stack), "preflight_gpu_mode": "nvidia",
                                                      "preflight_nvidia_gpus": [RTX_5090], **variables})
     return run.rc, run.output, stack
@@ -177,17 +178,10 @@ BAD_INPUTS = [
 @pytest.mark.parametrize(("overrides", "message"), BAD_INPUTS, ids=[str(i) for i in range(len(BAD_INPUTS))])
 def test_bad_inputs_fail_before_anything_is_written(tmp_path: Path, overrides: dict, message: str) -> None:
     variables = {**PRODUCTION, **VAULT, **overrides}
-    stack = Path(variables.get("llm_stack_dir", tmp_path / "stack"))
-    rc, output, rendered = render(tmp_path, variables) if "llm_stack_dir" not in overrides else (
-        *run_and_output(tmp_path, variables), stack)
+    rc, output, rendered = render(tmp_path, variables)
     assert rc != 0
     assert message in output, output[-3000:]
     assert not rendered.exists()
     secrets = [k["key"] for k in variables["vault_llm_backend_api_keys"] if "key" in k]
     assert not any(secret in output for secret in secrets)
 
-
-def run_and_output(tmp_path: Path, variables: dict) -> tuple[int, str]:
-    run = run_playbook(tmp_path, "render_apps.yml", {"preflight_gpu_mode": "nvidia",
-                                                     "preflight_nvidia_gpus": [RTX_5090], **variables})
-    return run.rc, run.output
