@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 help:
 	@echo "make lab       create/reuse the local lab host and run site.yml against it"
 	@echo "make lab-down  remove the lab host"
-	@echo "make test      lint, syntax check, pytest and molecule test --all: default, gpu_sim, fedora42_sim (what CI runs)"
+	@echo "make test      lint, syntax check, pytest and molecule test --all: default, fleet, gpu_sim, fedora42_sim (what CI runs)"
 	@echo "make bench     benchmarks that print figures (fidelity, client capacity, gateway overhead)"
 	@echo "make collection  build the collection artifact llm_endpoints.core into .cache/dist"
 

@@ -45,7 +45,9 @@ def test_artifact_holds_the_collection_and_leaves_out_the_test_tree(installed: t
         manifest = json.load(tar.extractfile("MANIFEST.json"))  # type: ignore[arg-type]
     assert manifest["collection_info"]["namespace"] == "llm_endpoints"
     assert manifest["collection_info"]["name"] == "core"
-    for present in ("playbooks/site.yml", "playbooks/verify.yml", "roles/llm_stack/tasks/render.yml",
+    for present in ("playbooks/site.yml", "playbooks/verify.yml", "playbooks/rollout.yml",
+                    "roles/llm_rollout/tasks/main.yml", "roles/host_lock/tasks/main.yml",
+                    "roles/llm_stack/tasks/render.yml",
                     "roles/llm_defaults/defaults/main.yml", "plugins/modules/llm_smoke.py",
                     "plugins/module_utils/openai_client.py", "plugins/filter/nvidia_smi.py", "meta/runtime.yml",
                     # llm_apps builds the backend and chat UI images from these (role_path/../../apps)
@@ -98,7 +100,8 @@ def test_installed_collection_runs_the_proof_playbook(installed: tuple[Path, Pat
         doc.stdout[:500]
 
 
-@pytest.mark.parametrize("module", ["llm_smoke", "llm_throughput", "nvidia_pci_devices"])
+@pytest.mark.parametrize("module", ["llm_smoke", "llm_throughput", "nvidia_pci_devices", "llm_stack_release",
+                                    "llm_host_lock"])
 def test_module_documentation_parses(installed: tuple[Path, Path], module: str, tmp_path: Path) -> None:
     _, collections = installed
     doc = subprocess.run([str(PLAYBOOK.parent / "ansible-doc"), "-j", "-t", "module", f"llm_endpoints.core.{module}"],

@@ -161,3 +161,71 @@ def test_report_lists_the_three_endpoints_and_the_app_checks() -> None:
         "frontend:health", "frontend:page"}
     for path in run.iterdir():
         assert BACKEND_KEY.encode() not in path.read_bytes(), f"backend key in {path}"
+
+
+def test_release_is_current_known_good_and_records_its_images_and_benchmark(host: Host) -> None:
+    current = host.file("/opt/llm-stack/current")
+    assert current.is_symlink and current.linked_to.startswith("/opt/llm-stack/releases/")
+    compose = host.file("/opt/llm-stack/docker-compose.yml")
+    assert compose.is_symlink and compose.linked_to == current.linked_to + "/docker-compose.yml"
+    release_dir = current.linked_to
+    release = json.loads(host.file(f"{release_dir}/release.json").content_string)
+    assert release["id"] == release_dir.rsplit("/", 1)[1]
+    # Every service's image is on the host under the id recorded (locally built images keep their content tag).
+    for service, image in release["images"].items():
+        assert image["id"].startswith("sha256:"), (service, image)
+        assert host.check_output(f"docker image inspect -f '{{{{.Id}}}}' {image['pinned']}") == image["id"]
+    running = host.check_output(f"{STACK} ps --format '{{{{.Service}}}} {{{{.Image}}}}'").splitlines()
+    assert sorted(running) == sorted(f"{s} {i['pinned']}" for s, i in release["images"].items())
+    assert {e["path"] for e in release["env_files"]} == {"engine.env", "backend.env", "frontend.env"}
+    assert KEY not in host.file(f"{release_dir}/release.json").content_string
+    assert host.file(f"{release_dir}/good").exists
+    bench = json.loads(host.file(f"{release_dir}/benchmark.json").content_string)
+    assert bench["release"] == release["id"] and bench["passed"] and bench["levels"]
+
+
+def test_the_second_run_sent_no_benchmark_and_reported_the_last_figures(host: Host) -> None:
+    # The newest report is the idempotence run's (check mode writes none): release unchanged, benchmark not run,
+    # the figures of the converge's benchmark shown instead.
+    runs = sorted(Path(os.environ["LLM_REPORT_DIR"]).iterdir())
+    assert len(runs) >= 2
+    first = json.loads((runs[0] / "molecule-bookworm.json").read_text())
+    last = json.loads((runs[-1] / "molecule-bookworm.json").read_text())
+    assert first["performance"]["measured"] is True
+    assert last["performance"]["measured"] is False
+    assert "unchanged since its benchmark" in last["performance"]["note"]
+    assert last["performance"]["levels"] == first["performance"]["levels"]
+    assert last["release"]["id"] == first["release"]["id"]
+    bench = json.loads(host.file(f"/opt/llm-stack/releases/{last['release']['id']}/benchmark.json").content_string)
+    assert bench["levels"] == first["performance"]["levels"]
+
+
+def test_the_run_lock_was_released(host: Host) -> None:
+    assert not host.file("/var/lib/llm-endpoints/run.lock").exists
+    assert host.file("/var/lib/llm-endpoints").is_directory
+
+
+# Last: it restarts the engine (the tests above need it serving; this one waits until it serves again).
+def test_a_hung_engine_is_restarted_by_the_watchdog_within_60_s(host: Host) -> None:
+    assert host.service("llm-stack-watchdog.timer").is_running
+    container = host.check_output(f"{STACK} ps -q engine")
+    started = host.check_output(f"docker inspect -f '{{{{.State.StartedAt}}}}' {container}")
+    # Freeze every process of the engine (SIGSTOP): alive, but /health unanswered. Docker's restart policy does
+    # nothing for a running container; the watchdog must.
+    pids = host.check_output(f"docker top {container} -eo pid").split()[1:]
+    assert pids
+    host.check_output(f"kill -STOP {' '.join(pids)}")
+    waited = host.run(
+        f"t0=$(date +%s); while [ $(( $(date +%s) - t0 )) -le 90 ]; do "
+        f"s=$(docker inspect -f '{{{{.State.StartedAt}}}}' {container}); "
+        f"[ \"$s\" != '{started}' ] && {{ echo $(( $(date +%s) - t0 )); exit 0; }}; sleep 1; done; exit 1")
+    diagnosis = host.run(f"docker inspect -f '{{{{json .State.Health}}}}' {container}; "
+                         "journalctl -u llm-stack-watchdog.service --no-pager -o short-precise | tail -20").stdout
+    assert waited.rc == 0, f"the frozen engine was not restarted within 90 s: {diagnosis}"
+    seconds = int(waited.stdout.strip())
+    assert seconds <= 60, f"restarted after {seconds} s (goal: within 60 s): {diagnosis}"
+    name = host.check_output(f"docker inspect -f '{{{{.Name}}}}' {container}").lstrip("/")
+    log = host.check_output("journalctl -u llm-stack-watchdog.service --no-pager")
+    assert f"{name}: health check failing, restarting it" in log
+    health = host.run(f"for i in $(seq 1 90); do curl -sf {API}/health && exit 0; sleep 1; done; exit 1")
+    assert health.rc == 0, "engine did not serve again after the watchdog restarted it"

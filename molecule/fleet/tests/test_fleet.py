@@ -1,0 +1,156 @@
+"""A rollout on three converged lab hosts (playbooks/rollout.yml, batches 1, 25 %, 100 %; failure budget 0 %).
+
+Rollout 1 gives every host a new release, and on fleet-2 one whose engine cannot start (a model file that does not
+exist): fleet-1 must end on the new release, fleet-2 back on its old one and serving, fleet-3 untouched, the run
+failed, the drain hook called around each switch, and the table and the failed host's engine log in the rollout
+report. Rollout 2 (a good release) must then succeed everywhere. The rollouts run for real against the hosts; nothing
+here is simulated."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+SCENARIO = Path(__file__).resolve().parents[1]
+HOSTS = ["fleet-1", "fleet-2", "fleet-3"]
+ENGINE = "$(docker compose --project-directory /opt/llm-stack ps -q engine)"
+KEY = "molecule-fleet-fixture-key"
+REPORTS = Path(os.environ["LLM_REPORT_DIR"])
+
+
+def on(host: str, command: str) -> str:
+    done = subprocess.run(["docker", "exec", host, "bash", "-c", command], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"{host}: {command}: {done.stderr}"
+    return done.stdout.strip()
+
+
+def current(host: str) -> str:
+    return on(host, "basename $(readlink /opt/llm-stack/current)")
+
+
+def engine_started(host: str) -> str:
+    return on(host, f"docker inspect -f '{{{{.State.StartedAt}}}}' {ENGINE}")
+
+
+def serves(host: str) -> bool:
+    reply = on(host, "curl -sS --max-time 60 http://127.0.0.1:8000/v1/chat/completions"
+                     f" -H 'Content-Type: application/json' -H 'Authorization: Bearer {KEY}'"
+                     " -d '{\"messages\": [{\"role\": \"user\", \"content\": \"Say hi\"}], \"max_tokens\": 8}'")
+    return bool(json.loads(reply)["choices"][0]["message"]["content"].strip())
+
+
+def rollout(run_id: str, vars_file: str, hook_log: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "FLEET_HOOK_LOG": str(hook_log)}
+    return subprocess.run(
+        [str(ROOT / ".venv/bin/ansible-playbook"), "-i", os.environ["FLEET_INVENTORY"],
+         str(ROOT / "playbooks/rollout.yml"), "-e", f"@{SCENARIO / 'vars' / vars_file}",
+         "-e", f"llm_rollout_run_id={run_id}"],
+        capture_output=True, text=True, env=env, timeout=1200, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    hook_log = tmp_path_factory.mktemp("hooks") / "hooks.log"
+    before = {h: current(h) for h in HOSTS}
+    started = {h: engine_started(h) for h in HOSTS}
+    run = rollout("bad", "rollout-bad.yml", hook_log)
+    table = json.loads((REPORTS / "rollout-bad" / "rollout.json").read_text())
+    return {"run": run, "before": before, "started": started, "hooks": hook_log.read_text().splitlines(),
+            "rows": {row["host"]: row for row in table["hosts"]},
+            "md": (REPORTS / "rollout-bad" / "rollout.md").read_text()}
+
+
+def test_the_failed_gate_fails_the_run_and_stops_the_rollout(first: dict) -> None:
+    run = first["run"]
+    assert run.returncode != 0, run.stdout[-3000:]
+    assert "fleet-2 failed its rollout" in run.stdout
+    # The table was printed before the run stopped, with every host in it.
+    assert "| host | release before | release after | serving | gate |" in run.stdout
+    assert "(not reached)" in run.stdout
+
+
+def test_host_1_ends_on_the_new_release(first: dict) -> None:
+    row = first["rows"]["fleet-1"]
+    assert row["gate"] == "pass" and row["serving"] and row["switched"]
+    assert row["before"] == first["before"]["fleet-1"] and row["after"] == row["target"] != row["before"]
+    assert current("fleet-1") == row["target"]
+    assert on("fleet-1", "test -f /opt/llm-stack/current/good && echo ok") == "ok"
+    assert "LLAMACPP_PARALLEL=2" in on("fleet-1", f"docker inspect -f '{{{{json .Config.Env}}}}' {ENGINE}")
+    assert serves("fleet-1")
+
+
+def test_host_2_failed_its_gate_and_serves_its_previous_release_again(first: dict) -> None:
+    row = first["rows"]["fleet-2"]
+    assert row["gate"] == "fail" and row["rolled_back"] and row["serving"]
+    assert row["target"] != row["before"] == first["before"]["fleet-2"] == row["after"]
+    assert "health" in row["failed_step"].lower() or "health" in row["failure"].lower()
+    assert any("missing.gguf" in line for line in row["engine_log"]), row["engine_log"]
+    assert current("fleet-2") == first["before"]["fleet-2"]
+    # The failed release stays on the host for inspection; `previous` is what a failed gate switches back to.
+    assert on("fleet-2", f"test -d /opt/llm-stack/releases/{row['target']} && echo kept") == "kept"
+    assert serves("fleet-2")
+    assert "## fleet-2" in first["md"] and "missing.gguf" in first["md"]
+
+
+def test_host_3_was_not_touched(first: dict) -> None:
+    row = first["rows"]["fleet-3"]
+    assert row["reached"] is False and row["gate"] == "not run"
+    assert current("fleet-3") == first["before"]["fleet-3"]
+    assert engine_started("fleet-3") == first["started"]["fleet-3"]
+    assert on("fleet-3", "ls /opt/llm-stack/releases | wc -l") == "1"
+
+
+def test_drain_hooks_wrap_each_switch_and_skip_the_host_not_reached(first: dict) -> None:
+    assert first["hooks"] == ["drain fleet-1", "undrain fleet-1", "drain fleet-2", "undrain fleet-2"]
+
+
+def test_every_lock_is_released(first: dict) -> None:
+    for host in HOSTS:
+        assert on(host, "test -e /var/lib/llm-endpoints/run.lock && echo held || echo free") == "free"
+
+
+def test_a_good_release_then_rolls_out_everywhere(first: dict, tmp_path: Path) -> None:
+    run = rollout("good", "rollout-good.yml", tmp_path / "hooks.log")
+    assert run.returncode == 0, run.stdout[-5000:]
+    rows = {row["host"]: row for row in json.loads((REPORTS / "rollout-good" / "rollout.json").read_text())["hosts"]}
+    assert all(row["gate"] == "pass" and row["serving"] for row in rows.values()), rows
+    # fleet-1 already ran this release: nothing to switch, so no drain.
+    assert rows["fleet-1"]["target"] == rows["fleet-1"]["before"] == first["rows"]["fleet-1"]["after"]
+    assert not rows["fleet-1"]["switched"]
+    for host in ("fleet-2", "fleet-3"):
+        assert rows[host]["switched"] and rows[host]["after"] == rows[host]["target"] != first["before"][host]
+        assert current(host) == rows[host]["target"]
+        assert serves(host)
+        # The release it left is the known-good previous one.
+        assert on(host, "basename $(readlink /opt/llm-stack/previous)") == first["before"][host]
+    assert (tmp_path / "hooks.log").read_text().splitlines() == [
+        "drain fleet-2", "undrain fleet-2", "drain fleet-3", "undrain fleet-3"]
+
+
+def test_a_run_killed_mid_deploy_leaves_its_lock_and_the_next_run_converges(first: dict) -> None:
+    # serve.yml with a changed setting on fleet-3, killed (SIGKILL, as a lost control node would be) as soon as the new
+    # release directory appears on the host: before the switch, with the run lock held.
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
+    command = [str(ROOT / ".venv/bin/ansible-playbook"), "-i", os.environ["FLEET_INVENTORY"],
+               str(ROOT / "playbooks/serve.yml"), "--limit", "fleet-3", "-e", "llm_stack_llamacpp_parallel=3"]
+    releases = int(on("fleet-3", "ls /opt/llm-stack/releases | wc -l"))
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=ROOT)
+    deadline = time.monotonic() + 600
+    while int(on("fleet-3", "ls /opt/llm-stack/releases | wc -l")) == releases:
+        assert run.poll() is None and time.monotonic() < deadline, "serve.yml ended before writing the release"
+        time.sleep(0.5)
+    run.kill()
+    run.wait()
+    assert on("fleet-3", "test -e /var/lib/llm-endpoints/run.lock && echo held") == "held"
+    # The next run takes the lock over (its holder is gone) and converges: the new release current and serving.
+    again = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert again.returncode == 0, again.stdout[-4000:]
+    assert "taken over from the interrupted run of 'serve.yml'" in again.stdout + again.stderr
+    assert "LLAMACPP_PARALLEL=3" in on("fleet-3", f"docker inspect -f '{{{{json .Config.Env}}}}' {ENGINE}")
+    assert serves("fleet-3")
+    assert on("fleet-3", "test -e /var/lib/llm-endpoints/run.lock && echo held || echo free") == "free"

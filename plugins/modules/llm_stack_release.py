@@ -1,0 +1,501 @@
+#!/usr/bin/python
+"""Releases of the compose project on the host: releases/<id>/, a `current` and a `previous` pointer."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from typing import Any
+
+from ansible.module_utils.basic import AnsibleModule
+
+DOCUMENTATION = r"""
+module: llm_stack_release
+short_description: Keep each deployment of the LLM stack's compose project as a release with current/previous pointers
+description:
+  - A release is a directory C(<dir>/releases/<id>/) holding the compose file with every image reference resolved to
+    what the host has (C(name:tag@sha256:<digest>) for a pulled image; a locally built image keeps its tag, which is
+    the hash of its build context, and its image id is recorded) and C(release.json) (images, env files by path and
+    sha256 - never their contents -, and the metadata given, such as the model revision). The id is the first 12 hex
+    digits of the sha256 of the compose file and the env files' hashes. The same inputs give the same release, so a
+    second run changes nothing.
+  - C(<dir>/current) points at the release that runs; C(<dir>/docker-compose.yml) is a link to
+    C(current/docker-compose.yml), so C(docker compose --project-directory <dir>) and the systemd unit run the current
+    release. C(<dir>/previous) points at the newest known-good release other than the current one (the one a failed
+    gate switches back to). A release becomes known-good when its gate passes (I(state=good)).
+  - A compose file left by a version of this role without releases is kept as release C(legacy-<sha12>), marked
+    known-good (it is what ran), before anything else changes.
+  - Releases other than the current and previous ones are pruned, oldest first, down to I(keep) in all.
+  - The pointer is switched by renaming a new link over the old one (atomic). Nothing is started or reloaded here.
+options:
+  dir:
+    description: The compose project's directory (llm_stack_dir).
+    type: path
+    required: true
+  state:
+    description:
+      - C(deployed) writes the release for I(compose) (when new) and makes it current.
+      - C(staged) writes the release and leaves C(current) alone (a rollout switches later).
+      - C(current) makes the existing release I(release) current (a switch, or a switch back).
+      - C(good) marks the release I(release) (default the current one) known-good.
+      - C(applied) records that the running containers were brought to the release I(release) (default the current
+        one), so that a run interrupted between a switch and the reload is finished by the next run.
+      - C(query) reads the pointers and changes nothing.
+    type: str
+    choices: [deployed, staged, current, good, applied, query]
+    default: deployed
+  compose:
+    description: The compose project (a mapping with C(services)); required for deployed and staged.
+    type: dict
+  compose_text:
+    description:
+      - The compose file as rendered on the control node (YAML; the host's Python need not have a YAML library).
+        Each service's C(image:) line is rewritten to the pinned reference.
+    type: str
+  release:
+    description: Release id for I(state=current) and I(state=good).
+    type: str
+  env_files:
+    description:
+      - Files, relative to I(dir), whose sha256 is part of the release (env files, key files).
+      - A missing one counts as absent.
+    type: list
+    elements: str
+    default: []
+  metadata:
+    description: Recorded in release.json (engine, model, model revision, served model name).
+    type: dict
+    default: {}
+  resolve_images:
+    description:
+      - Resolve every service's image to what the host has (docker image inspect).
+      - Off for a render without images.
+    type: bool
+    default: true
+  validate:
+    description: Validate the compose file with C(docker compose config -q) before it is kept.
+    type: bool
+    default: true
+  keep:
+    description: Releases kept in all (the current and the previous one included).
+    type: int
+    default: 3
+author: llm-endpoints project
+"""
+
+EXAMPLES = r"""
+- name: Release is written and made current
+  llm_endpoints.core.llm_stack_release:
+    dir: /opt/llm-stack
+    compose: "{{ compose_project }}"
+    compose_text: "{{ compose_project | to_nice_yaml(indent=2, sort_keys=false) }}"
+    env_files: [engine.env]
+    metadata: {engine: vllm, model: openai/gpt-oss-20b, model_revision: 6cee5e81ee83917806bbde320786a8fb61efebee}
+
+- name: The previous release is current again
+  llm_endpoints.core.llm_stack_release:
+    dir: /opt/llm-stack
+    state: current
+    release: "{{ rollout.previous }}"
+"""
+
+RETURN = r"""
+release:
+  description: The release written or named (deployed and staged - the one the compose gives; query - the current one).
+  type: str
+  returned: always
+current_before:
+  description: The release that was current before this task (null when none).
+  type: str
+current:
+  description: The release current after this task.
+  type: str
+previous:
+  description: The newest known-good release other than the current one, after this task (null when none).
+  type: str
+switched:
+  description: Whether C(current) now points elsewhere than before.
+  type: bool
+created:
+  description: Whether the release directory was written by this task.
+  type: bool
+applied:
+  description: The release the running containers were last brought to (before this task; null when not recorded).
+  type: str
+good:
+  description: Whether the release is known-good.
+  type: bool
+pruned:
+  description: Release ids removed.
+  type: list
+images:
+  description: Per service, the reference given, the one written and the image id.
+  type: dict
+releases:
+  description: Every release kept, newest first, with created time and known-good flag.
+  type: list
+"""
+
+RELEASE_ID = re.compile(r"^(legacy-)?[0-9a-f]{12}$")
+HEADER = ("# Release {id} of the compose project {project}: written by llm_endpoints.core.llm_stack_release.\n"
+          "# Do not edit: change the inventory and re-run; `current` points at the release that runs.\n")
+
+
+def _utcnow() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _sha256_file(path: str) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def _link_target(path: str) -> str | None:
+    """Release id a pointer (current/previous) names, or None."""
+    if not os.path.islink(path):
+        return None
+    name = os.path.basename(os.readlink(path).rstrip("/"))
+    return name if RELEASE_ID.match(name) else None
+
+
+def _point(dir_: str, pointer: str, target: str, relative_to_dir: str) -> None:
+    """Make dir_/pointer a symlink to target, replacing what is there by a rename (atomic)."""
+    final = os.path.join(dir_, pointer)
+    temp = os.path.join(dir_, f".{pointer}.{os.getpid()}.tmp")
+    if os.path.lexists(temp):
+        os.unlink(temp)
+    os.symlink(os.path.relpath(target, relative_to_dir) if os.path.isabs(target) else target, temp)
+    os.replace(temp, final)
+
+
+class Releases:
+    def __init__(self, module: AnsibleModule) -> None:
+        self.module = module
+        self.dir = os.path.abspath(module.params["dir"])
+        self.root = os.path.join(self.dir, "releases")
+        self.check = module.check_mode
+
+    # --- reading ---
+    def path(self, release: str) -> str:
+        return os.path.join(self.root, release)
+
+    def info(self, release: str) -> dict[str, Any]:
+        try:
+            with open(os.path.join(self.path(release), "release.json"), encoding="utf-8") as handle:
+                return json.load(handle)
+        except (OSError, ValueError):
+            return {}
+
+    def is_good(self, release: str) -> bool:
+        return os.path.isfile(os.path.join(self.path(release), "good"))
+
+    def good_at(self, release: str) -> float:
+        try:
+            return os.stat(os.path.join(self.path(release), "good")).st_mtime
+        except OSError:
+            return 0.0
+
+    def listing(self) -> list[dict[str, Any]]:
+        if not os.path.isdir(self.root):
+            return []
+        entries = []
+        for name in os.listdir(self.root):
+            if RELEASE_ID.match(name) and os.path.isdir(self.path(name)):
+                info = self.info(name)
+                entries.append({"id": name, "created": info.get("created", ""), "good": self.is_good(name),
+                                "created_epoch": info.get("created_epoch", 0)})
+        return sorted(entries, key=lambda e: (e["created_epoch"], e["id"]), reverse=True)
+
+    def current(self) -> str | None:
+        return _link_target(os.path.join(self.dir, "current"))
+
+    def previous(self) -> str | None:
+        return _link_target(os.path.join(self.dir, "previous"))
+
+    # --- writing ---
+    def ensure_root(self) -> None:
+        if not self.check:
+            os.makedirs(self.root, mode=0o755, exist_ok=True)
+
+    def adopt_legacy(self) -> str | None:
+        """A plain compose file from before releases becomes release legacy-<sha12> (current, known-good)."""
+        compose = os.path.join(self.dir, "docker-compose.yml")
+        if os.path.islink(compose) or not os.path.isfile(compose):
+            return None
+        digest = _sha256_file(compose) or ""
+        release = f"legacy-{digest[:12]}"
+        if self.check:
+            return release
+        self.ensure_root()
+        target = self.path(release)
+        os.makedirs(target, mode=0o755, exist_ok=True)
+        shutil.copy2(compose, os.path.join(target, "docker-compose.yml"))
+        now = datetime.datetime.now(datetime.UTC)
+        self._write_json(os.path.join(target, "release.json"), {
+            "id": release, "created": _utcnow(), "created_epoch": 0, "legacy": True,
+            "note": "compose file found in place when releases were introduced"})
+        self._write_text(os.path.join(target, "good"),
+                         f"adopted as known-good (it was running) {now:%Y-%m-%dT%H:%M:%SZ}\n")
+        _point(self.dir, "current", os.path.join("releases", release), self.dir)
+        _point(self.dir, "docker-compose.yml", os.path.join("current", "docker-compose.yml"), self.dir)
+        return release
+
+    def _write_text(self, path: str, text: str, mode: int = 0o644) -> None:
+        fd, temp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(temp, mode)
+        os.replace(temp, path)
+
+    def _write_json(self, path: str, data: Any) -> None:
+        self._write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    def resolve(self, services: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        refs = sorted({str(s.get("image")) for s in services.values() if isinstance(s, dict) and s.get("image")})
+        found: dict[str, dict[str, Any]] = {}
+        if self.module.params["resolve_images"] and refs:
+            docker = self.module.get_bin_path("docker", required=not self.check)
+            if docker:
+                for ref in refs:
+                    rc, out, _ = self.module.run_command([docker, "image", "inspect", "--format", "{{json .}}", ref])
+                    if rc == 0 and out.strip():
+                        found[ref] = json.loads(out.strip().splitlines()[0])
+        missing = [r for r in refs if r not in found] if self.module.params["resolve_images"] else []
+        if missing and not self.check:
+            self.module.fail_json(msg=f"images not on the host, so the release cannot pin them: {', '.join(missing)} "
+                                      "(they are pulled or built before the release is written)")
+        images: dict[str, dict[str, Any]] = {}
+        for name, service in services.items():
+            ref = str(service.get("image", ""))
+            data = found.get(ref)
+            entry: dict[str, Any] = {"ref": ref, "pinned": ref, "id": None, "repo_digest": None}
+            if data:
+                entry["id"] = data.get("Id")
+                repo = _repository(ref)
+                digests = [d for d in data.get("RepoDigests") or [] if _repository(d.split("@", 1)[0]) == repo]
+                if digests and "@" not in ref:
+                    entry["repo_digest"] = digests[0]
+                    entry["pinned"] = f"{ref}@{digests[0].split('@', 1)[1]}"
+            images[name] = entry
+        return images
+
+    def write(self, compose: dict[str, Any], text: str) -> tuple[str, bool, dict[str, Any]]:
+        services = compose.get("services")
+        if not isinstance(services, dict) or not services:
+            self.module.fail_json(msg="compose must be a compose project with at least one service")
+        images = self.resolve(services)
+        body = pin_images(text, images)
+        env_files = [{"path": rel, "sha256": _sha256_file(os.path.join(self.dir, rel))}
+                     for rel in self.module.params["env_files"]]
+        seed = body + "".join(f"\n{e['path']}={e['sha256']}" for e in env_files)
+        release = hashlib.sha256(seed.encode("utf-8")).hexdigest()[:12]
+        target = self.path(release)
+        if os.path.isfile(os.path.join(target, "release.json")):
+            return release, False, images
+        if self.check:
+            return release, True, images
+        self.ensure_root()
+        staging = tempfile.mkdtemp(dir=self.root, prefix=f".{release}-")
+        try:
+            os.chmod(staging, 0o755)
+            compose_path = os.path.join(staging, "docker-compose.yml")
+            self._write_text(compose_path, HEADER.format(id=release, project=compose.get("name", "")) + body)
+            if self.module.params["validate"]:
+                docker = self.module.get_bin_path("docker", required=True)
+                rc, _, err = self.module.run_command(
+                    [docker, "compose", "--project-directory", self.dir, "-f", compose_path, "config", "-q"])
+                if rc != 0:
+                    self.module.fail_json(msg=f"the compose file of release {release} is not valid: {err.strip()}")
+            now = datetime.datetime.now(datetime.UTC)
+            self._write_json(os.path.join(staging, "release.json"), {
+                "id": release, "project": compose.get("name"), "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "created_epoch": now.timestamp(), "images": images, "env_files": env_files,
+                "metadata": self.module.params["metadata"]})
+            if os.path.isdir(target):  # a half-written release from an interrupted run
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            if os.path.isdir(staging):
+                shutil.rmtree(staging, ignore_errors=True)
+        return release, True, images
+
+    def switch(self, release: str) -> bool:
+        if self.current() == release and os.path.islink(os.path.join(self.dir, "docker-compose.yml")):
+            return False
+        if not self.check:
+            _point(self.dir, "current", os.path.join("releases", release), self.dir)
+            _point(self.dir, "docker-compose.yml", os.path.join("current", "docker-compose.yml"), self.dir)
+        return True
+
+    def applied(self) -> str | None:
+        try:
+            with open(os.path.join(self.dir, "applied"), encoding="ascii") as handle:
+                value = handle.read().strip()
+        except (OSError, UnicodeDecodeError):
+            return None
+        return value if RELEASE_ID.match(value) else None
+
+    def mark_applied(self, release: str) -> bool:
+        if self.applied() == release:
+            return False
+        if not self.check:
+            self._write_text(os.path.join(self.dir, "applied"), release + "\n")
+        return True
+
+    def mark_good(self, release: str) -> bool:
+        marker = os.path.join(self.path(release), "good")
+        if os.path.isfile(marker):
+            return False
+        if not self.check:
+            self._write_text(marker, f"gate passed {_utcnow()}\n")
+        return True
+
+    def update_previous(self, current: str | None) -> tuple[str | None, bool]:
+        """previous = the newest known-good release other than the current one."""
+        good = [e["id"] for e in self.listing() if e["id"] != current and self.is_good(e["id"])]
+        good.sort(key=lambda r: (self.good_at(r), self.info(r).get("created_epoch", 0)), reverse=True)
+        wanted = good[0] if good else None
+        have = self.previous()
+        if wanted == have:
+            return have, False
+        if not self.check:
+            link = os.path.join(self.dir, "previous")
+            if wanted:
+                _point(self.dir, "previous", os.path.join("releases", wanted), self.dir)
+            elif os.path.lexists(link):
+                os.unlink(link)
+        return wanted, True
+
+    def prune(self, keep: int, protect: set[str]) -> list[str]:
+        others = [e["id"] for e in self.listing() if e["id"] not in protect]
+        room = max(keep - len([p for p in protect if p]), 0)
+        doomed = others[room:]
+        if not self.check:
+            for release in doomed:
+                shutil.rmtree(self.path(release))
+        return doomed
+
+
+def pin_images(text: str, images: dict[str, dict[str, Any]]) -> str:
+    """Rewrite each `image: <ref>` line of the rendered compose file to its pinned reference."""
+    for entry in images.values():
+        if entry["pinned"] == entry["ref"]:
+            continue
+        pattern = re.compile(r"^(\s+image: )(['\"]?)" + re.escape(entry["ref"]) + r"\2[ \t]*$", re.MULTILINE)
+        pinned = entry["pinned"]
+        text, count = pattern.subn(lambda m, pinned=pinned: m.group(1) + pinned, text)
+        if count == 0:
+            raise ValueError(f"image {entry['ref']} is not on an image: line of the compose file")
+    return text
+
+
+def _repository(ref: str) -> str:
+    """docker.io/library/python:3.11 -> python (the repository part, normalised, without tag or digest)."""
+    name = ref.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    if ":" in last:
+        name = name[: len(name) - len(last)] + last.split(":", 1)[0]
+    for prefix in ("docker.io/library/", "docker.io/", "index.docker.io/library/", "index.docker.io/"):
+        if name.startswith(prefix):
+            name = name[len(prefix):]
+            break
+    return name
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec={
+            "dir": {"type": "path", "required": True},
+            "state": {"type": "str", "default": "deployed",
+                      "choices": ["deployed", "staged", "current", "good", "applied", "query"]},
+            "compose": {"type": "dict"},
+            "compose_text": {"type": "str"},
+            "release": {"type": "str"},
+            "env_files": {"type": "list", "elements": "str", "default": []},
+            "metadata": {"type": "dict", "default": {}},
+            "resolve_images": {"type": "bool", "default": True},
+            "validate": {"type": "bool", "default": True},
+            "keep": {"type": "int", "default": 3},
+        },
+        required_if=[("state", "deployed", ["compose", "compose_text"]),
+                     ("state", "staged", ["compose", "compose_text"]),
+                     ("state", "current", ["release"])],
+        supports_check_mode=True,
+    )
+    params = module.params
+    if not os.path.isabs(params["dir"]):
+        module.fail_json(msg=f"dir must be an absolute path; got {params['dir']!r}")
+    if not 2 <= params["keep"] <= 100:
+        module.fail_json(msg=f"keep must be a whole number from 2 to 100; got {params['keep']}")
+    for rel in params["env_files"]:
+        if rel.startswith("/") or ".." in rel.split("/") or not rel:
+            module.fail_json(msg=f"env_files must be paths inside dir; got {rel!r}")
+    if params["release"] is not None and not RELEASE_ID.match(params["release"]):
+        module.fail_json(msg="release must be a release id (12 hex digits, or legacy-<12 hex>); "
+                             f"got {params['release']!r}")
+
+    releases = Releases(module)
+    state = params["state"]
+    applied = releases.applied()
+    changed = False
+    legacy = releases.adopt_legacy() if state != "query" else None
+    changed |= legacy is not None
+    current_before = releases.current() or legacy
+    created = False
+    images: dict[str, Any] = {}
+    switched = False
+
+    if state in ("deployed", "staged"):
+        try:
+            release, created, images = releases.write(params["compose"], params["compose_text"])
+        except ValueError as err:
+            module.fail_json(msg=str(err))
+        changed |= created
+        if state == "deployed":
+            switched = releases.switch(release)
+    elif state == "current":
+        release = params["release"]
+        if not os.path.isfile(os.path.join(releases.path(release), "release.json")):
+            module.fail_json(msg=f"release {release} is not on the host (releases: "
+                                 f"{', '.join(e['id'] for e in releases.listing()) or 'none'})")
+        switched = releases.switch(release)
+    elif state == "applied":
+        release = params["release"] or current_before
+        if not release or not os.path.isdir(releases.path(release)):
+            module.fail_json(msg=f"no release {release!r} to record as applied")
+        changed |= releases.mark_applied(release)
+    elif state == "good":
+        release = params["release"] or current_before
+        if release is None:
+            # An endpoint this collection did not deploy (no releases): nothing to mark.
+            module.exit_json(changed=False, release=None, current_before=None, current=None, previous=None,
+                             switched=False, created=False, pruned=[], images={}, applied=applied, good=False,
+                             releases=[], msg=f"no release in {releases.dir}: nothing to mark known-good")
+        if not os.path.isdir(releases.path(release)):
+            module.fail_json(msg=f"no release {release!r} to mark known-good")
+        changed |= releases.mark_good(release)
+    else:
+        release = current_before
+    changed |= switched
+
+    current = release if switched else (releases.current() if not module.check_mode else current_before)
+    previous, previous_changed = releases.update_previous(current)
+    changed |= previous_changed
+    pruned: list[str] = []
+    if state not in ("query", "applied"):
+        pruned = releases.prune(params["keep"], {p for p in (current, previous, release) if p})
+        changed |= bool(pruned)
+    module.exit_json(changed=changed, release=release, current_before=current_before, current=current,
+                     previous=previous, switched=switched, created=created, pruned=pruned, images=images,
+                     applied=applied, good=bool(release) and releases.is_good(release), releases=releases.listing())
+
+
+if __name__ == "__main__":
+    main()
