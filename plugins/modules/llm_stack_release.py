@@ -19,17 +19,20 @@ short_description: Keep each deployment of the LLM stack's compose project as a 
 description:
   - A release is a directory C(<dir>/releases/<id>/) holding the compose file with every image reference resolved to
     what the host has (C(name:tag@sha256:<digest>) for a pulled image; a locally built image keeps its tag, which is
-    the hash of its build context, and its image id is recorded) and C(release.json) (images, env files by path and
-    sha256 - never their contents -, and the metadata given, such as the model revision). The id is the first 12 hex
+    the hash of its build context, and its image id is recorded) and C(release.json) (images, env files by path -
+    never their contents or hashes -, and the metadata given, such as the model revision). The id is the first 12 hex
     digits of the sha256 of the compose file and the env files' hashes. The same inputs give the same release, so a
     second run changes nothing.
   - C(<dir>/current) points at the release that runs; C(<dir>/docker-compose.yml) is a link to
     C(current/docker-compose.yml), so C(docker compose --project-directory <dir>) and the systemd unit run the current
-    release. C(<dir>/previous) points at the newest known-good release other than the current one (the one a failed
-    gate switches back to). A release becomes known-good when its gate passes (I(state=good)).
+    release. C(<dir>/previous) points at the newest known-good release other than the current one. A release becomes
+    known-good when its gate passes (I(state=good)).
   - A compose file left by a version of this role without releases is kept as release C(legacy-<sha12>), marked
     known-good (it is what ran), before anything else changes.
-  - Releases other than the current and previous ones are pruned, oldest first, down to I(keep) in all.
+  - A deployment (I(state=deployed)) and a passed gate (I(state=good)) prune releases, oldest first, down to I(keep) in
+    all; never the current, previous, applied one or the one switched from.
+  - I(state=good) without I(release) marks nothing when the containers run another release than the current one (a
+    run interrupted between its switch and its reload).
   - The pointer is switched by renaming a new link over the old one (atomic). Nothing is started or reloaded here.
 options:
   dir:
@@ -292,9 +295,10 @@ class Releases:
             self.module.fail_json(msg="compose must be a compose project with at least one service")
         images = self.resolve(services)
         body = pin_images(text, images)
-        env_files = [{"path": rel, "sha256": _sha256_file(os.path.join(self.dir, rel))}
-                     for rel in self.module.params["env_files"]]
-        seed = body + "".join(f"\n{e['path']}={e['sha256']}" for e in env_files)
+        env_hashes = [(rel, _sha256_file(os.path.join(self.dir, rel))) for rel in self.module.params["env_files"]]
+        seed = body + "".join(f"\n{rel}={digest}" for rel, digest in env_hashes)
+        # Paths only: a hash of a file of secrets would let a weak key be guessed offline.
+        env_files = [{"path": rel} for rel, _ in env_hashes]
         release = hashlib.sha256(seed.encode("utf-8")).hexdigest()[:12]
         target = self.path(release)
         if os.path.isfile(os.path.join(target, "release.json")):
@@ -385,7 +389,8 @@ class Releases:
 
 def pin_images(text: str, images: dict[str, dict[str, Any]]) -> str:
     """Rewrite each `image: <ref>` line of the rendered compose file to its pinned reference."""
-    for entry in images.values():
+    for ref, pinned in sorted({(e["ref"], e["pinned"]) for e in images.values()}):
+        entry = {"ref": ref, "pinned": pinned}
         if entry["pinned"] == entry["ref"]:
             continue
         pattern = re.compile(r"^(\s+image: )(['\"]?)" + re.escape(entry["ref"]) + r"\2[ \t]*$", re.MULTILINE)
@@ -462,7 +467,8 @@ def main() -> None:
             switched = releases.switch(release)
     elif state == "current":
         release = params["release"]
-        if not os.path.isfile(os.path.join(releases.path(release), "release.json")):
+        # In check mode a release the same run would have staged is not there: the switch is what would happen.
+        if not os.path.isfile(os.path.join(releases.path(release), "release.json")) and not module.check_mode:
             module.fail_json(msg=f"release {release} is not on the host (releases: "
                                  f"{', '.join(e['id'] for e in releases.listing()) or 'none'})")
         switched = releases.switch(release)
@@ -480,17 +486,25 @@ def main() -> None:
                              releases=[], msg=f"no release in {releases.dir}: nothing to mark known-good")
         if not os.path.isdir(releases.path(release)):
             module.fail_json(msg=f"no release {release!r} to mark known-good")
+        if params["release"] is None and applied is not None and applied != release:
+            # A run was interrupted between its switch and its reload: the checks passed against `applied`.
+            module.exit_json(changed=False, release=release, current_before=current_before, current=current_before,
+                             previous=releases.previous(), switched=False, created=False, pruned=[], images={},
+                             applied=applied, good=releases.is_good(release), releases=releases.listing(),
+                             msg=f"the containers run release {applied}, not the current {release}: nothing marked")
         changed |= releases.mark_good(release)
     else:
         release = current_before
     changed |= switched
 
     current = release if switched else (releases.current() if not module.check_mode else current_before)
-    previous, previous_changed = releases.update_previous(current)
+    previous, previous_changed = (releases.previous(), False) if state == "query" else releases.update_previous(current)
     changed |= previous_changed
     pruned: list[str] = []
-    if state not in ("query", "applied"):
-        pruned = releases.prune(params["keep"], {p for p in (current, previous, release) if p})
+    # Only a deployment or a passed gate prunes; never the releases running, current, previous or switched from.
+    if state in ("deployed", "good"):
+        protect = {p for p in (current, previous, release, current_before, applied) if p}
+        pruned = releases.prune(params["keep"], protect)
         changed |= bool(pruned)
     module.exit_json(changed=changed, release=release, current_before=current_before, current=current,
                      previous=previous, switched=switched, created=created, pruned=pruned, images=images,

@@ -143,3 +143,29 @@ def test_a_bad_shared_api_key_fails_in_llm_defaults(tmp_path: Path, endpoint: in
     assert KEY_MESSAGE.format("llm_stack_api_key") in output, output[-3000:]
     assert "shared-key" not in output
     assert Recorder.seen == []
+
+
+THROUGHPUT_RUN = [
+    ({"llm_throughput_run": "sometimes"}, "value of llm_throughput_run must be one of: auto, always, never"),
+]
+ROLLOUT = [
+    ({"llm_rollout_drain_command": "lb-ctl drain"},
+     'llm_rollout_drain_command must be an argv list of one-line strings (empty for none); got "lb-ctl drain".'),
+    ({"llm_rollout_undrain_command": ["lb-ctl", "up\nrm -rf /"]}, "llm_rollout_undrain_command must be an argv list"),
+    ({"llm_rollout_drain_url": "http://admin:secret@lb.example/drain"},
+     "llm_rollout_drain_url must be empty, or an http(s) URL without spaces, line breaks or user@ info"),
+    ({"llm_rollout_undrain_url": "lb.example/undrain"}, "llm_rollout_undrain_url must be empty, or an http(s) URL"),
+    ({"llm_rollout_drain_wait_s": 7200}, "llm_rollout_drain_wait_s must be a whole number of seconds from 0 to 3600"),
+    ({"llm_rollout_run": "../x"}, "llm_rollout_run must be a run id of letters, digits"),
+]
+
+
+@pytest.mark.parametrize(("extra", "message"), THROUGHPUT_RUN + ROLLOUT)
+def test_bad_rollout_inputs_fail_before_anything_changes(tmp_path: Path, endpoint: int, extra: dict,
+                                                         message: str) -> None:
+    role = "llm_throughput" if "llm_throughput_run" in extra else "llm_rollout"
+    output = run(tmp_path, endpoint, role, **{"llm_rollout_run": "inputs-test", **extra})
+    assert message in output, output[-3000:]
+    assert Recorder.seen == []
+    # No row, table or report was written (and the secret in a refused URL is not the point of a message).
+    assert not (tmp_path / "reports").exists()

@@ -68,7 +68,7 @@ def first(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_the_failed_gate_fails_the_run_and_stops_the_rollout(first: dict) -> None:
     run = first["run"]
     assert run.returncode != 0, run.stdout[-3000:]
-    assert "fleet-2 failed its rollout" in run.stdout
+    assert "fleet-2: failed its rollout" in run.stdout
     # The table was printed before the run stopped, with every host in it.
     assert "| host | release before | release after | serving | gate |" in run.stdout
     assert "(not reached)" in run.stdout
@@ -154,3 +154,25 @@ def test_a_run_killed_mid_deploy_leaves_its_lock_and_the_next_run_converges(firs
     assert "LLAMACPP_PARALLEL=3" in on("fleet-3", f"docker inspect -f '{{{{json .Config.Env}}}}' {ENGINE}")
     assert serves("fleet-3")
     assert on("fleet-3", "test -e /var/lib/llm-endpoints/run.lock && echo held || echo free") == "free"
+
+
+def test_a_host_that_fails_site_yml_gets_a_report_saying_what_failed(first: dict) -> None:
+    # site.yml on fleet-2 with an engine argument it cannot start with: the host fails in serve.yml, and its report
+    # (and fleet.md) still says what failed, with the engine's last log lines; its run lock is released.
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
+    run = subprocess.run(
+        [str(ROOT / ".venv/bin/ansible-playbook"), "-i", os.environ["FLEET_INVENTORY"], str(ROOT / "site.yml"),
+         "--limit", "fleet-2", "-e", "llm_stack_llamacpp_model=/srv/models/missing.gguf",
+         "-e", "llm_report_run_id=site-failed"],
+        capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+    assert run.returncode != 0
+    report = json.loads((REPORTS / "site-failed" / "fleet-2.json").read_text())
+    assert report["status"] == "fail"
+    assert "health" in report["failure"]["message"]
+    assert any("missing.gguf" in line for line in report["engine_log"]), report["engine_log"]
+    markdown = (REPORTS / "site-failed" / "fleet-2.md").read_text()
+    assert "## What failed" in markdown and "missing.gguf" in markdown
+    fleet = (REPORTS / "site-failed" / "fleet.md").read_text()
+    assert "| fleet-2 | fail at " in fleet
+    assert KEY not in markdown + fleet + json.dumps(report)
+    assert on("fleet-2", "test -e /var/lib/llm-endpoints/run.lock && echo held || echo free") == "free"
