@@ -8,11 +8,27 @@ started_here=0
 cleanup() { [ "$started_here" = 1 ] && scripts/stop-docker.sh || true; }
 trap cleanup EXIT
 step() { printf '\n=== %s ===\n' "$*"; }
+# A long step's output is also kept in .cache/state/<name>.log; when the step fails, its failing tests and tasks
+# are printed again last, so that the tail of a CI log names them (molecule prints pages after its verifier).
+logged() {
+  local name=$1; shift
+  local log=.cache/state/${name}.log rc=0
+  mkdir -p .cache/state
+  COLUMNS=250 "$@" 2>&1 | tee "${log}" || rc=$?
+  if [ "${rc}" != 0 ]; then
+    printf '\n=== %s failed (exit %s); what failed, from %s ===\n' "${name}" "${rc}" "${log}"
+    # Colours and molecule's box drawing off first; then pytest's failures, ansible's failed tasks, molecule's errors.
+    sed -E 's/\x1b\[[0-9;]*m//g; s/^\s*│ ?//' "${log}" \
+      | grep -aE '^(FAILED|ERROR)( |$)|^E  |^_{3,} .* _{3,}$|^fatal: |^failed: |FAILED! =>|^CRITICAL|^ERROR ' \
+      | grep -av 'FAILED - RETRYING' | cut -c1-400 | tail -60 || true
+  fi
+  return "${rc}"
+}
 step "venv";            make --no-print-directory venv
 step "lint";            make --no-print-directory lint
 step "syntax";          make --no-print-directory syntax
 step "docker + compose"; scripts/ensure-docker.sh && scripts/ensure-compose.sh
 step "images";          make --no-print-directory images
 step "chromium";        scripts/ensure-chromium.sh
-step "pytest";          LLM_REQUIRE_BROWSER=1 make --no-print-directory unit
-step "molecule";        make --no-print-directory molecule
+step "pytest";          LLM_REQUIRE_BROWSER=1 logged pytest make --no-print-directory unit
+step "molecule";        logged molecule make --no-print-directory molecule

@@ -209,6 +209,13 @@ def test_the_run_lock_was_released(host: Host) -> None:
 def test_a_hung_engine_is_restarted_by_the_watchdog_within_60_s(host: Host) -> None:
     assert host.service("llm-stack-watchdog.timer").is_running
     container = host.check_output(f"{STACK} ps -q engine")
+    # A hung engine is one that was healthy. An engine restarted a moment ago (the crash test above) is still in its
+    # health check's start period, in which Docker does not count failed probes (Dockerfile reference, HEALTHCHECK:
+    # "probe failure during that period will not be counted towards the maximum number of retries"): wait until
+    # Docker reports it healthy, as it does within seconds of serving.
+    status = f"docker inspect -f '{{{{.State.Health.Status}}}}' {container}"
+    healthy = host.run(f"for i in $(seq 1 90); do [ \"$({status})\" = healthy ] && exit 0; sleep 1; done; exit 1")
+    assert healthy.rc == 0, "the engine's health check did not pass within 90 s"
     started = host.check_output(f"docker inspect -f '{{{{.State.StartedAt}}}}' {container}")
     # Freeze the engine's process tree (SIGSTOP): alive, but /health unanswered. Docker's restart policy does
     # nothing for a running container; the watchdog must. Only the engine's own processes: a health probe that
