@@ -11,13 +11,14 @@ export LLM_CACHE_DIR := $(CACHE)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv images lab-images lab lab-down test lint syntax unit molecule bench collection lock clean
+.PHONY: help venv images lab-images lab lab-down test lint syntax promtool unit molecule bench bench-fleet collection lock clean
 
 help:
 	@echo "make lab       create/reuse the local lab host and run site.yml against it"
 	@echo "make lab-down  remove the lab host"
 	@echo "make test      lint, syntax check, pytest and molecule test --all: default, fleet, gpu_sim, fedora42_sim (what CI runs)"
 	@echo "make bench     benchmarks that print figures (fidelity, client capacity, gateway overhead)"
+	@echo "make bench-fleet  idempotent converge on 1 and 8 lab hosts: wall times, ratio, slowest roles (~15 min)"
 	@echo "make collection  build the collection artifact llm_endpoints.core into .cache/dist"
 
 $(BIN)/.installed: requirements.txt
@@ -58,7 +59,11 @@ syntax: venv
 	$(BIN)/ansible-playbook -i inventory/lab --syntax-check site.yml
 	$(BIN)/ansible-playbook -i inventory/production --syntax-check site.yml
 
-unit: venv
+# promtool and amtool (Debian's packages, unpacked into .cache/promtool) check the monitoring configuration.
+promtool:
+	scripts/ensure-promtool.sh
+
+unit: venv promtool
 	$(BIN)/pytest -q tests
 
 molecule: images
@@ -72,6 +77,10 @@ bench: venv
 	$(BIN)/python benchmarks/fidelity.py
 	$(BIN)/python benchmarks/client_capacity.py
 	$(BIN)/python benchmarks/gateway_overhead.py
+
+# An idempotent site.yml converge on 1 and on 8 lab hosts (engine only), with the slowest roles and tasks: ~15 min.
+bench-fleet: lab-images
+	$(BIN)/python benchmarks/fleet_converge.py --hosts 8 --repeat 2 --profile
 
 collection: venv
 	$(BIN)/ansible-galaxy collection build --force --output-path $(CACHE)/dist .

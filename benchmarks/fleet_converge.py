@@ -11,7 +11,7 @@ host) met or not, and the ansible.cfg levers in effect. Figures, not a test: not
 The hosts run the engine only (llama.cpp with the lab's small model; --apps adds the backend and chat UI, which
 costs an image build per host at the first converge). They are removed at the end unless --keep.
 
-    .venv/bin/python benchmarks/fleet_converge.py [--hosts 8] [--repeat 3] [--apps] [--keep]
+    .venv/bin/python benchmarks/fleet_converge.py [--hosts 8] [--repeat 3] [--apps] [--keep] [--profile]
 """
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ import configparser
 import json
 import os
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -60,16 +61,43 @@ def inventory(workdir: Path, hosts: list[str], apps: bool) -> Path:
     return workdir / "hosts.yml"
 
 
-def converge(hosts_file: Path, reports: Path, run_id: str, limit: str | None = None) -> tuple[float, dict]:
+# Per run: the machine's CPU busy share (/proc/stat) and the control node's CPU seconds (ansible-playbook and the
+# `docker exec` clients it starts; the modules run inside the lab hosts, on the same CPUs).
+LOAD: dict[str, dict[str, float]] = {}
+
+
+def machine_cpu() -> tuple[int, int]:
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    return (after[0] - before[0]) / max(after[1] - before[1], 1)
+
+
+def controller_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def converge(hosts_file: Path, reports: Path, run_id: str, limit: str | None = None,
+             profile: bool = False) -> tuple[float, dict] | tuple[float, dict, str]:
     command = [str(BIN / "ansible-playbook"), "-i", str(hosts_file), str(ROOT / "site.yml"),
                "-e", f"@{hosts_file.parent / 'bench-vars.yml'}", "-e", f"llm_report_run_id={run_id}"]
     command += ["--limit", limit] if limit else []
-    start = time.monotonic()
-    done = subprocess.run(command, env=env(reports), capture_output=True, text=True, cwd=ROOT)
+    extra = {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_roles,ansible.posix.profile_tasks",
+             "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "15"} if profile else {}
+    start, cpu_before, children_before = time.monotonic(), machine_cpu(), controller_cpu()
+    done = subprocess.run(command, env={**env(reports), **extra}, capture_output=True, text=True, cwd=ROOT)
     wall = time.monotonic() - start
+    LOAD[run_id] = {"busy": busy_share(cpu_before, machine_cpu()), "controller_s": controller_cpu() - children_before}
     if done.returncode != 0:
         sys.exit(f"site.yml failed ({run_id}):\n{done.stdout[-4000:]}")
     recap = {m[0]: {"changed": int(m[2]), "failed": int(m[4])} for m in RECAP.findall(done.stdout)}
+    if profile:
+        # profile_roles and profile_tasks print their summaries after the recap.
+        return wall, recap, done.stdout[done.stdout.rfind("PLAY RECAP"):]
     return wall, recap
 
 
@@ -93,6 +121,8 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--apps", action="store_true", help="backend and chat UI too")
     parser.add_argument("--keep", action="store_true", help="leave the bench hosts running")
+    parser.add_argument("--profile", action="store_true",
+                        help="one more converge of one host, untimed, printing its slowest roles and tasks")
     args = parser.parse_args()
     if not 2 <= args.hosts <= 32 or not 1 <= args.repeat <= 10:
         sys.exit("--hosts must be 2-32 and --repeat 1-10")
@@ -117,14 +147,23 @@ def main() -> None:
                     changed = {h: r["changed"] for h, r in recap.items() if r["changed"]}
                     benchmarked = measured(reports, run_id)
                     print(f"  {label:>3} run {i + 1}: {wall:6.1f} s, changed {changed or 0}, "
-                          f"benchmark traffic {'on ' + ', '.join(benchmarked) if benchmarked else 'none'}")
+                          f"benchmark traffic {'on ' + ', '.join(benchmarked) if benchmarked else 'none'}; "
+                          f"machine CPU {LOAD[run_id]['busy']:.0%} busy, control node "
+                          f"{LOAD[run_id]['controller_s']:.0f} CPU s")
                     walls.append(wall)
             t1, tn = statistics.median(one), statistics.median(many)
             print(f"\nidempotent converge, median of {args.repeat}: 1 host {t1:.1f} s; {args.hosts} hosts {tn:.1f} s; "
                   f"ratio {tn / t1:.2f}")
             print(f"goals: 1 host <= 20 s: {'met' if t1 <= 20 else 'NOT met'}; {args.hosts} hosts <= 1.5 x 1 host: "
                   f"{'met' if tn <= 1.5 * t1 else 'NOT met'}")
-            print(f"levers: {levers()}; machine: {os.cpu_count()} CPUs")
+            print(f"levers: {levers()}; machine: {os.cpu_count()} CPUs, shared by the control node and every lab "
+                  f"host (a real fleet gives each host its own)")
+            if args.profile:
+                wall, _, summary = converge(hosts_file, reports, "profile", names[0], profile=True)
+                print(f"\nwhere one host's converge spends its time ({wall:.1f} s with the profiling callbacks, "
+                      f"ansible.posix.profile_roles and profile_tasks):")
+                print("\n".join(line for line in summary.splitlines()[1:] if line.strip() and "=====" not in line
+                                and not RECAP.match(line)))
         finally:
             if not args.keep:
                 for name in names:

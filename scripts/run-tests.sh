@@ -30,5 +30,6 @@ step "syntax";          make --no-print-directory syntax
 step "docker + compose"; scripts/ensure-docker.sh && scripts/ensure-compose.sh
 step "images";          make --no-print-directory images
 step "chromium";        scripts/ensure-chromium.sh
+step "promtool";        scripts/ensure-promtool.sh
 step "pytest";          LLM_REQUIRE_BROWSER=1 logged pytest make --no-print-directory unit
 step "molecule";        logged molecule make --no-print-directory molecule

@@ -139,7 +139,9 @@ images:
   description: Per service, the reference given, the one written and the image id.
   type: dict
 releases:
-  description: Every release kept, newest first, with created time and known-good flag.
+  description: >-
+    Every release kept, newest first (id, created, created_epoch, good, and good_at: when it was marked
+    known-good, in epoch seconds, 0 if never).
   type: list
 """
 
@@ -213,7 +215,7 @@ class Releases:
             if RELEASE_ID.match(name) and os.path.isdir(self.path(name)):
                 info = self.info(name)
                 entries.append({"id": name, "created": info.get("created", ""), "good": self.is_good(name),
-                                "created_epoch": info.get("created_epoch", 0)})
+                                "good_at": self.good_at(name), "created_epoch": info.get("created_epoch", 0)})
         return sorted(entries, key=lambda e: (e["created_epoch"], e["id"]), reverse=True)
 
     def current(self) -> str | None:
@@ -363,9 +365,9 @@ class Releases:
 
     def update_previous(self, current: str | None) -> tuple[str | None, bool]:
         """previous = the newest known-good release other than the current one."""
-        good = [e["id"] for e in self.listing() if e["id"] != current and self.is_good(e["id"])]
-        good.sort(key=lambda r: (self.good_at(r), self.info(r).get("created_epoch", 0)), reverse=True)
-        wanted = good[0] if good else None
+        good = [e for e in self.listing() if e["id"] != current and e["good"]]
+        good.sort(key=lambda e: (e["good_at"], e["created_epoch"]), reverse=True)
+        wanted = good[0]["id"] if good else None
         have = self.previous()
         if wanted == have:
             return have, False

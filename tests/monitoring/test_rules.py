@@ -1,0 +1,132 @@
+"""The site's Prometheus and Alertmanager configuration (roles/monitoring, tasks_from: config) rendered for a
+simulated fleet, checked by Debian's own promtool and amtool (scripts/ensure-promtool.sh), and every alert rule
+unit-tested with `promtool test rules` (tests/monitoring/rules.test.yml)."""
+from __future__ import annotations
+
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from llm_fixture import run_playbook
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS = ROOT / ".cache/promtool/usr/bin"
+RULES_TEST = Path(__file__).with_name("rules.test.yml")
+# The role's defaults, written out: rules.test.yml's expectations are these numbers.
+THRESHOLDS = {
+    "monitoring_evaluation_interval_s": 15, "monitoring_alert_engine_down_for_s": 60,
+    "monitoring_alert_gpu_memory_margin": 0.04, "monitoring_alert_gpu_memory_for_s": 300,
+    "monitoring_alert_kv_cache_usage": 0.9, "monitoring_alert_kv_cache_for_s": 300,
+    "monitoring_alert_queue_for_s": 600, "monitoring_alert_ttft_p99_s": 2.0, "monitoring_alert_tpot_p99_s": 0.1,
+    "monitoring_alert_latency_for_s": 600, "monitoring_alert_gpu_temperature_c": 85,
+    "monitoring_alert_gpu_power_w": 600, "monitoring_alert_gpu_for_s": 300, "monitoring_alert_disk_free_ratio": 0.1,
+    "monitoring_alert_disk_for_s": 600, "monitoring_alert_backend_5xx_ratio": 0.05,
+    "monitoring_alert_backend_rate_limited_per_s": 1.0, "monitoring_alert_backend_for_s": 300,
+    "monitoring_alert_target_down_for_s": 300}
+FLEET = [{"name": "gpu-1", "address": "10.0.0.1", "backend": True, "gpu": True},
+         {"name": "gpu-2", "address": "gpu-2.example.net", "gpu": True},
+         {"name": "cpu-1", "address": "fd00::3"}]
+
+
+def tool(name: str) -> str:
+    path = TOOLS / name
+    if not path.exists():
+        pytest.fail(f"{path} is missing: run scripts/ensure-promtool.sh (make unit does)")
+    return str(path)
+
+
+def render(tmp_path: Path, **extra: object) -> tuple[Path, str, int]:
+    out = tmp_path / "monitoring"
+    run = run_playbook(tmp_path, "monitoring_config.yml",
+                       {"monitoring_test_hosts": FLEET, "monitoring_dir": str(out), **THRESHOLDS, **extra})
+    return out, run.output, run.rc
+
+
+@pytest.fixture(scope="module")
+def rendered(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out, output, rc = render(tmp_path_factory.mktemp("rules"))
+    assert rc == 0, output[-4000:]
+    return out
+
+
+def test_promtool_accepts_the_configuration_and_rules(rendered: Path) -> None:
+    check = subprocess.run([tool("promtool"), "check", "config", str(rendered / "prometheus/prometheus.yml")],
+                           capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "SUCCESS: 1 rule files found" in check.stdout
+
+
+def test_every_alert_rule_passes_its_unit_tests(rendered: Path) -> None:
+    rules_dir = rendered / "prometheus/rules"
+    shutil.copy(RULES_TEST, rules_dir / "rules.test.yml")
+    test = subprocess.run([tool("promtool"), "test", "rules", "rules.test.yml"], cwd=rules_dir,
+                          capture_output=True, text=True)
+    assert test.returncode == 0, test.stdout + test.stderr
+    assert "SUCCESS" in test.stdout
+
+
+def test_every_alert_has_a_firing_and_a_quiet_case(rendered: Path) -> None:
+    rules = yaml.safe_load((rendered / "prometheus/rules/llm-endpoints.rules.yml").read_text())
+    alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    cases = [c for t in yaml.safe_load(RULES_TEST.read_text())["tests"] for c in t["alert_rule_test"]]
+    firing = {c["alertname"] for c in cases if c["exp_alerts"]}
+    quiet = {c["alertname"] for c in cases if not c["exp_alerts"]}
+    # Firing: the expected alerts exactly (the other hosts' series in the same input must not fire). Quiet: none
+    # while the condition has not held for its window, or never held.
+    assert alerts == firing, f"alerts without a firing case: {alerts - firing}; unknown: {firing - alerts}"
+    assert alerts == quiet, f"alerts without a quiet case: {alerts - quiet}"
+    assert len(alerts) == 14
+
+
+def test_targets_come_from_the_inventory_group(rendered: Path) -> None:
+    config = yaml.safe_load((rendered / "prometheus/prometheus.yml").read_text())
+    jobs = {j["job_name"]: [(s["labels"]["host"], s["targets"]) for s in j["static_configs"]]
+            for j in config["scrape_configs"]}
+    assert jobs["llm_engine"] == [("gpu-1", ["10.0.0.1:8000"]), ("gpu-2", ["gpu-2.example.net:8000"]),
+                                  ("cpu-1", ["[fd00::3]:8000"])]
+    assert jobs["node"] == [("gpu-1", ["10.0.0.1:9100"]), ("gpu-2", ["gpu-2.example.net:9100"]),
+                            ("cpu-1", ["[fd00::3]:9100"])]
+    assert jobs["llm_backend"] == [("gpu-1", ["10.0.0.1:8080"])]  # where the backend runs
+    assert jobs["dcgm"] == [("gpu-1", ["10.0.0.1:9400"]), ("gpu-2", ["gpu-2.example.net:9400"])]  # GPU hosts
+    assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9093"]
+
+
+def test_alertmanager_configuration_is_valid_and_private(tmp_path: Path) -> None:
+    hook = "https://hooks.example.net/services/T000/B000/secret-token-0123"
+    out, output, rc = render(tmp_path, monitoring_alertmanager_webhook_urls=[hook])
+    assert rc == 0, output[-4000:]
+    config = out / "alertmanager/alertmanager.yml"
+    check = subprocess.run([tool("amtool"), "check-config", str(config)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert yaml.safe_load(config.read_text())["receivers"][0]["webhook_configs"][0]["url"] == hook
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    assert hook not in output
+
+
+@pytest.mark.parametrize(("variable", "value", "want"), [
+    ("monitoring_alert_kv_cache_usage", 1.5, "a number from 0 to 1"),
+    ("monitoring_alert_engine_down_for_s", "1m", "a whole number from 0 to 86400"),
+    ("monitoring_scrape_interval_s", 0, "a whole number from 1 to 300"),
+    ("monitoring_alert_gpu_power_w", "600; rm -rf /", "a number from 10 to 5000"),
+    ("monitoring_dir", "relative/dir", "an absolute path"),
+    ("monitoring_bind_address", "0.0.0.0:9090", "an IPv4 address"),
+    ("monitoring_hosts_group", "no_such_group", "an inventory group with hosts"),
+])
+def test_a_bad_input_is_refused_by_name_before_anything_is_written(tmp_path: Path, variable: str, value: object,
+                                                                   want: str) -> None:
+    out, output, rc = render(tmp_path, **{variable: value})
+    assert rc != 0
+    assert variable in output and want in output, output[-3000:]
+    assert not out.exists()
+
+
+def test_a_webhook_url_with_user_info_is_refused_without_showing_it(tmp_path: Path) -> None:
+    hook = "https://user:s3cret-pass@hooks.example.net/alert"
+    out, output, rc = render(tmp_path, monitoring_alertmanager_webhook_urls=[hook])
+    assert rc != 0
+    assert "monitoring_alertmanager_webhook_urls must be a list of http(s) URLs" in output
+    assert "s3cret-pass" not in output
+    assert not out.exists()
