@@ -56,7 +56,9 @@ def inventory(workdir: Path, hosts: list[str], apps: bool) -> Path:
     (workdir / "bench-vars.yml").write_text("\n".join([
         "---", f"llm_backend_enabled: {flag}", f"llm_frontend_enabled: {flag}", "llm_throughput_concurrency: [1]",
         "llm_throughput_requests_per_level: 2", "llm_throughput_max_tokens: 16", "llm_throughput_warmup_requests: 0",
-        "llm_stack_llamacpp_threads: 1"]) + "\n")
+        "llm_stack_llamacpp_threads: 1",
+        # The figures are the stack's (as before monitoring existed): its exporters and Prometheus stay off.
+        "monitoring_enabled: false"]) + "\n")
     (workdir / "hosts.yml").write_text("\n".join(lines) + "\n")
     return workdir / "hosts.yml"
 

@@ -60,4 +60,27 @@ if [ "${FORCE:-0}" = 1 ] || [ ! -s "$archive" ]; then
   mkdir -p .cache/images
   docker save -o "$archive.tmp" local/llm-base:bookworm && mv "$archive.tmp" "$archive"
 fi
+# The lab's monitoring images from Debian's packages (roles/monitoring; production pulls prom/*), and the SIMULATED
+# DCGM exporter the tests use in place of NVIDIA's; each saved for loading into a lab host.
+if [ "${MONITORING:-1}" = 1 ]; then
+  for target in prometheus alertmanager node-exporter; do
+    if ! have "local/$target:bookworm"; then
+      log "building local/$target:bookworm (Debian's package)"
+      docker build -q --target "$target" -t "local/$target:bookworm" -f tests/images/monitoring-debian.Dockerfile tests/images >/dev/null
+    fi
+  done
+  if ! have local/dcgm-exporter-sim:bookworm; then
+    log "building local/dcgm-exporter-sim:bookworm (SIMULATED)"
+    docker build -q -t local/dcgm-exporter-sim:bookworm -f tests/images/dcgm-exporter-sim.Dockerfile \
+      tests/fixtures/dcgm-exporter-sim >/dev/null
+  fi
+  save() {  # archive, images...: written again when missing or older than an image
+    local archive=$1; shift
+    if [ "${FORCE:-0}" = 1 ] || [ ! -s "$archive" ]; then
+      docker save -o "$archive.tmp" "$@" && mv "$archive.tmp" "$archive"
+    fi
+  }
+  save .cache/images/monitoring-bookworm.tar local/prometheus:bookworm local/alertmanager:bookworm local/node-exporter:bookworm
+  save .cache/images/dcgm-exporter-sim.tar local/dcgm-exporter-sim:bookworm
+fi
 log "images ready: $(docker images --format '{{.Repository}}:{{.Tag}}' 'local/*' | sort | tr '\n' ' ')"

@@ -26,9 +26,12 @@ THRESHOLDS = {
     "monitoring_alert_disk_for_s": 600, "monitoring_alert_backend_5xx_ratio": 0.05,
     "monitoring_alert_backend_rate_limited_per_s": 1.0, "monitoring_alert_backend_for_s": 300,
     "monitoring_alert_target_down_for_s": 300}
-FLEET = [{"name": "gpu-1", "address": "10.0.0.1", "backend": True, "gpu": True},
+# gpu-1 runs the backend, so its engine is on loopback unless bound to a site address; cpu-1's engine has a key
+# (llama.cpp's /metrics asks for it).
+ENGINE_KEY = "engine-key-of-cpu-1-0123456789abcdef"
+FLEET = [{"name": "gpu-1", "address": "10.0.0.1", "backend": True, "gpu": True, "engine_bind": "10.0.0.1"},
          {"name": "gpu-2", "address": "gpu-2.example.net", "gpu": True},
-         {"name": "cpu-1", "address": "fd00::3"}]
+         {"name": "cpu-1", "address": "fd00::3", "engine_key": ENGINE_KEY}]
 
 
 def tool(name: str) -> str:
@@ -38,10 +41,10 @@ def tool(name: str) -> str:
     return str(path)
 
 
-def render(tmp_path: Path, **extra: object) -> tuple[Path, str, int]:
+def render(tmp_path: Path, fleet: list[dict] | None = None, **extra: object) -> tuple[Path, str, int]:
     out = tmp_path / "monitoring"
     run = run_playbook(tmp_path, "monitoring_config.yml",
-                       {"monitoring_test_hosts": FLEET, "monitoring_dir": str(out), **THRESHOLDS, **extra})
+                       {"monitoring_test_hosts": fleet or FLEET, "monitoring_dir": str(out), **THRESHOLDS, **extra})
     return out, run.output, run.rc
 
 
@@ -85,13 +88,31 @@ def test_targets_come_from_the_inventory_group(rendered: Path) -> None:
     config = yaml.safe_load((rendered / "prometheus/prometheus.yml").read_text())
     jobs = {j["job_name"]: [(s["labels"]["host"], s["targets"]) for s in j["static_configs"]]
             for j in config["scrape_configs"]}
-    assert jobs["llm_engine"] == [("gpu-1", ["10.0.0.1:8000"]), ("gpu-2", ["gpu-2.example.net:8000"]),
-                                  ("cpu-1", ["[fd00::3]:8000"])]
+    assert jobs["llm_engine"] == [("gpu-1", ["10.0.0.1:8000"]), ("gpu-2", ["gpu-2.example.net:8000"])]
+    assert jobs["llm_engine:cpu-1"] == [("cpu-1", ["[fd00::3]:8000"])]  # its own job: it sends the key
     assert jobs["node"] == [("gpu-1", ["10.0.0.1:9100"]), ("gpu-2", ["gpu-2.example.net:9100"]),
                             ("cpu-1", ["[fd00::3]:9100"])]
     assert jobs["llm_backend"] == [("gpu-1", ["10.0.0.1:8080"])]  # where the backend runs
     assert jobs["dcgm"] == [("gpu-1", ["10.0.0.1:9400"]), ("gpu-2", ["gpu-2.example.net:9400"])]  # GPU hosts
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9093"]
+
+
+def test_an_engine_key_is_sent_from_a_private_file_and_the_job_keeps_its_name(rendered: Path) -> None:
+    job = next(j for j in yaml.safe_load((rendered / "prometheus/prometheus.yml").read_text())["scrape_configs"]
+               if j["job_name"] == "llm_engine:cpu-1")
+    key_file = rendered / "prometheus" / job["authorization"]["credentials_file"]
+    assert key_file.read_text() == ENGINE_KEY
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and key_file.stat().st_uid == 65534
+    assert job["relabel_configs"] == [{"target_label": "job", "replacement": "llm_engine"}]
+    assert ENGINE_KEY not in (rendered / "prometheus/prometheus.yml").read_text()
+
+
+def test_a_service_on_another_hosts_loopback_is_refused_naming_its_variable(tmp_path: Path) -> None:
+    fleet = [{"name": "gpu-1", "address": "10.0.0.1", "backend": True}]  # engine on 127.0.0.1 by default
+    out, output, rc = render(tmp_path, fleet)
+    assert rc != 0
+    assert "gpu-1: llm_stack_bind_address" in output, output[-3000:]
+    assert not out.exists()
 
 
 def test_alertmanager_configuration_is_valid_and_private(tmp_path: Path) -> None:
@@ -103,7 +124,7 @@ def test_alertmanager_configuration_is_valid_and_private(tmp_path: Path) -> None
     assert check.returncode == 0, check.stdout + check.stderr
     assert yaml.safe_load(config.read_text())["receivers"][0]["webhook_configs"][0]["url"] == hook
     assert stat.S_IMODE(config.stat().st_mode) == 0o600
-    assert hook not in output
+    assert hook not in output and ENGINE_KEY not in output
 
 
 @pytest.mark.parametrize(("variable", "value", "want"), [

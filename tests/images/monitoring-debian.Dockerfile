@@ -1,0 +1,20 @@
+# The lab's Prometheus, Alertmanager and node exporter, from Debian 12's own packages (no registry here; production
+# uses the upstream prom/* images through the same variables). One package layer, three images whose entry points
+# are the upstream images' (each binary, run as nobody, data under /prometheus and /alertmanager).
+ARG MINBASE=local/debian:bookworm-minbase
+FROM ${MINBASE} AS debian-prometheus
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      prometheus prometheus-alertmanager prometheus-node-exporter \
+ && rm -rf /var/lib/apt/lists/* \
+ && install -d -o nobody -g nogroup /prometheus /alertmanager
+USER nobody
+
+FROM debian-prometheus AS prometheus
+ENTRYPOINT ["/usr/bin/prometheus"]
+
+FROM debian-prometheus AS alertmanager
+ENTRYPOINT ["/usr/bin/prometheus-alertmanager"]
+
+FROM debian-prometheus AS node-exporter
+ENTRYPOINT ["/usr/bin/prometheus-node-exporter"]
