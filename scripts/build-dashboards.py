@@ -114,9 +114,10 @@ def fleet() -> Dashboard:
                                       f'count(up{{job="llm_engine",{H}}})'), 6, 4))
     board.with_panel(lay.place(single("Alerts firing", "short", "Alerts firing now (Alertmanager has them).",
                                       'count(ALERTS{alertstate="firing"}) or vector(0)'), 6, 4))
+    # Both engines' totals added (an `or` of two label-less sums would keep only the first in a mixed fleet).
     board.with_panel(lay.place(single("Generated tokens/s", "short", "All engines of the selection together.",
-                                      either(f"sum(rate(vllm:generation_tokens_total{{{H}}}[5m]))",
-                                             f"sum(rate(llamacpp:tokens_predicted_total{{{H}}}[5m]))")), 6, 4))
+                                      f"(sum(rate(vllm:generation_tokens_total{{{H}}}[5m])) or vector(0)) + "
+                                      f"(sum(rate(llamacpp:tokens_predicted_total{{{H}}}[5m])) or vector(0))"), 6, 4))
     board.with_row(lay.row("Per host"))
     board.with_panel(lay.place(series("Generated tokens/s", "short", "Output tokens per second, per host.",
                                       tokens_per_s("host"))))

@@ -35,6 +35,7 @@ def test_summary_with_the_apps_prints_the_three_urls_and_a_request_through_the_b
 def test_summary_with_monitoring_prints_the_prometheus_url(tmp_path: Path) -> None:
     run = run_playbook(tmp_path, str(ROOT / "playbooks/lab_summary.yml"),
                        {"llm_stack_engine": "llamacpp_cpu", "llm_stack_port": 8000, "monitoring_enabled": True,
+                        "monitoring_prometheus_ui_path": "/classic",
                         "llm_stack_served_model_name": "HuggingFaceTB/SmolLM2-135M-Instruct", "llm_stack_api_key": ""})
     assert run.rc == 0, run.output[-3000:]
     assert "Prometheus    http://127.0.0.1:9090/ (targets: /classic/targets;" in run.output

@@ -137,14 +137,16 @@ def test_production_grafana_is_provisioned_with_the_dashboards(tmp_path: Path) -
     assert provider["options"]["path"] == "/etc/grafana/dashboards"
     for name in NAMES:
         assert (out / f"grafana/dashboards/{name}.json").read_text() == (BOARDS / f"{name}.json").read_text()
-    env = out / "grafana.env"
-    assert env.read_text() == f"GF_SECURITY_ADMIN_PASSWORD={GRAFANA_PASSWORD}\n"
-    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    secret = out / "grafana/admin-password"
+    assert secret.read_text() == GRAFANA_PASSWORD  # as it is: Grafana reads the file (GF_..._PASSWORD__FILE)
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600 and secret.stat().st_uid == 472
     compose = yaml.safe_load((out / "docker-compose.yml").read_text())
     assert compose["name"] == "llm-monitoring"
     assert sorted(compose["services"]) == ["alertmanager", "grafana", "prometheus"]
     grafana = compose["services"]["grafana"]
-    assert grafana["image"] == "grafana/grafana:13.2.0" and grafana["env_file"] == ["grafana.env"]
+    assert grafana["image"] == "grafana/grafana:13.2.0" and "env_file" not in grafana
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD__FILE"] == "/run/secrets/grafana-admin-password"
+    assert f"{out}/grafana/admin-password:/run/secrets/grafana-admin-password:ro" in grafana["volumes"]
     assert f"{out}/grafana/dashboards:/etc/grafana/dashboards:ro" in grafana["volumes"]
     assert compose["services"]["prometheus"]["image"] == "prom/prometheus:v3.14.0"
     assert GRAFANA_PASSWORD not in (out / "docker-compose.yml").read_text()
@@ -158,3 +160,20 @@ def test_grafana_without_a_password_is_refused_without_writing(tmp_path: Path) -
     assert run.rc != 0
     assert "monitoring_grafana_admin_password must be at least 12 characters" in run.output, run.output[-3000:]
     assert not out.exists()
+
+
+def test_the_fleets_token_rate_adds_both_engines(tmp_path: Path) -> None:
+    # A mixed fleet: a vLLM host making 10 tokens a minute, a llama.cpp host 5. The fleet's total is their sum
+    # (promtool evaluates the panel's expression over these series).
+    stat = next(p for p in panels(load("llm-fleet")) if p["type"] == "stat" and p["title"] == "Generated tokens/s")
+    (tmp_path / "empty.rules.yml").write_text("groups: []\n")
+    (tmp_path / "fleet.test.yml").write_text(yaml.safe_dump({
+        "rule_files": ["empty.rules.yml"], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m",
+                   "input_series": [{"series": 'vllm:generation_tokens_total{host="gpu-1"}', "values": "0+10x10"},
+                                    {"series": 'llamacpp:tokens_predicted_total{host="cpu-1"}', "values": "0+5x10"}],
+                   "promql_expr_test": [{"expr": concrete(stat["targets"][0]["expr"]), "eval_time": "10m",
+                                         "exp_samples": [{"labels": "{}", "value": 0.25}]}]}]}))
+    test = subprocess.run([str(PROMTOOL), "test", "rules", "fleet.test.yml"], cwd=tmp_path,
+                          capture_output=True, text=True)
+    assert test.returncode == 0, test.stdout + test.stderr

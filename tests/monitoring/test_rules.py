@@ -107,6 +107,16 @@ def test_an_engine_key_is_sent_from_a_private_file_and_the_job_keeps_its_name(re
     assert ENGINE_KEY not in (rendered / "prometheus/prometheus.yml").read_text()
 
 
+def test_the_key_of_a_host_that_left_the_group_is_removed(tmp_path: Path) -> None:
+    out, output, rc = render(tmp_path)
+    assert rc == 0, output[-3000:]
+    assert (out / "prometheus/secrets/cpu-1.engine-key").exists()
+    out, output, rc = render(tmp_path, [h for h in FLEET if h["name"] != "cpu-1"])
+    assert rc == 0, output[-3000:]
+    assert not (out / "prometheus/secrets/cpu-1.engine-key").exists()
+    assert "llm_engine:cpu-1" not in (out / "prometheus/prometheus.yml").read_text()
+
+
 def test_a_service_on_another_hosts_loopback_is_refused_naming_its_variable(tmp_path: Path) -> None:
     fleet = [{"name": "gpu-1", "address": "10.0.0.1", "backend": True}]  # engine on 127.0.0.1 by default
     out, output, rc = render(tmp_path, fleet)

@@ -120,13 +120,18 @@ def test_every_dashboard_panel_returns_series_after_traffic(host: Host) -> None:
     assert not empty, "panels without series:\n" + "\n".join(empty)
 
 
-def test_the_report_links_the_hosts_monitoring() -> None:
+def test_the_report_links_the_hosts_monitoring(host: Host) -> None:
     newest = sorted(Path(os.environ["LLM_REPORT_DIR"]).iterdir())[-1]
     links = json.loads((newest / "molecule-bookworm.json").read_text())["monitoring"]
-    assert links["targets"] == f"{PROMETHEUS}/targets" and links["alertmanager"] == ALERTMANAGER
-    assert urllib.parse.unquote(links["host_query"]) == f'{PROMETHEUS}/graph?g0.expr=up{{host="molecule-bookworm"}}'
+    # Debian's Prometheus 2.42 (the lab's) serves its pages under /classic (monitoring_prometheus_ui_path).
+    assert links["targets"] == f"{PROMETHEUS}/classic/targets" and links["alertmanager"] == ALERTMANAGER
+    query_url = urllib.parse.unquote(links["host_query"])
+    assert query_url == f'{PROMETHEUS}/classic/graph?g0.expr=up{{host="molecule-bookworm"}}'
     assert links["host_dashboard"] is None  # no Grafana in the lab
     report = (newest / "molecule-bookworm.md").read_text()
+    # The links answer (from the test host: the lab publishes these ports on 127.0.0.1 there).
+    for url in (links["targets"], links["host_query"]):
+        assert host.run(f"curl -sf -o /dev/null '{url}'").rc == 0, url
     assert f"| This host's targets in Prometheus | {links['host_query']} |" in report
 
 
@@ -163,8 +168,8 @@ def engine_down_alerts(host: Host) -> list[dict]:
     return get(host, f"{ALERTMANAGER}/api/v2/alerts?active=true&filter={filters}")
 
 
-# Last of the tests on the host (testinfra runs the two above, which take no host, after it): it stops the engine,
-# starts it again and waits until the alert has resolved.
+# Last of the tests on the host (testinfra runs the screenshot test above, which takes no host, after it): it stops
+# the engine, starts it again and waits until the alert has resolved.
 def test_the_engine_down_alert_fires_and_resolves_for_real(host: Host) -> None:
     assert not engine_down_alerts(host), "LLMEngineDown is active before the engine was stopped"
     host.check_output(f"{STACK} stop engine")
@@ -183,8 +188,9 @@ def test_the_engine_down_alert_fires_and_resolves_for_real(host: Host) -> None:
         assert fired is not None, "LLMEngineDown did not reach Alertmanager within 60 s past its limit"
         assert alerts[0]["labels"]["host"] == "molecule-bookworm" and alerts[0]["labels"]["severity"] == "critical"
         assert "does not answer" in alerts[0]["annotations"]["summary"]
-        # One second of slack for the polling itself.
-        assert fired <= limit + 1, f"fired after {fired:.0f} s; limit {limit} s (scrape + for + evaluation)"
+        # Slack for the polling (1 s), the HTTP round trips and a busy 2-core machine: 4 s in all.
+        print(f"LLMEngineDown reached Alertmanager {fired:.1f} s after the engine stopped (limit {limit} s)")
+        assert fired <= limit + 4, f"fired after {fired:.0f} s; limit {limit} s (scrape + for + evaluation)"
     finally:
         host.check_output(f"{STACK} start engine")
     served = host.run("for i in $(seq 1 120); do curl -sf http://127.0.0.1:8000/health && exit 0; sleep 1; done; "
