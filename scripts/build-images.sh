@@ -74,7 +74,7 @@ if [ "${MONITORING:-1}" = 1 ]; then
     docker build -q -t local/dcgm-exporter-sim:bookworm -f tests/images/dcgm-exporter-sim.Dockerfile \
       tests/fixtures/dcgm-exporter-sim >/dev/null
   fi
-  save() {  # archive, images...: written again when missing or older than an image
+  save() {  # archive, images...: written when missing (FORCE=1: written again)
     local archive=$1; shift
     if [ "${FORCE:-0}" = 1 ] || [ ! -s "$archive" ]; then
       docker save -o "$archive.tmp" "$@" && mv "$archive.tmp" "$archive"

@@ -7,7 +7,8 @@ started_here=0
 [ -f .cache/state/dockerd.pid ] || started_here=1
 cleanup() { [ "$started_here" = 1 ] && scripts/stop-docker.sh || true; }
 trap cleanup EXIT
-step() { printf '\n=== %s ===\n' "$*"; }
+# Each step's heading names the free disk space (Docker-in-Docker scenarios need a few GB: a failure is read with it).
+step() { printf '\n=== %s (free disk: %s) ===\n' "$*" "$(df -Ph . | awk 'NR == 2 {print $4}')"; }
 # A long step's output is also kept in .cache/state/<name>.log; when the step fails, its failing tests and tasks
 # are printed again last, so that the tail of a CI log names them (molecule prints pages after its verifier).
 logged() {
