@@ -84,7 +84,9 @@ def controller_cpu() -> float:
 
 
 def converge(hosts_file: Path, reports: Path, run_id: str, limit: str | None = None,
-             profile: bool = False) -> tuple[float, dict] | tuple[float, dict, str]:
+             profile: bool = False) -> tuple[float, dict, str]:
+    """Wall seconds, {host: changed, failed} from the recap, and what follows the recap (the profiling callbacks'
+    summaries with --profile, else empty)."""
     command = [str(BIN / "ansible-playbook"), "-i", str(hosts_file), str(ROOT / "site.yml"),
                "-e", f"@{hosts_file.parent / 'bench-vars.yml'}", "-e", f"llm_report_run_id={run_id}"]
     command += ["--limit", limit] if limit else []
@@ -97,10 +99,8 @@ def converge(hosts_file: Path, reports: Path, run_id: str, limit: str | None = N
     if done.returncode != 0:
         sys.exit(f"site.yml failed ({run_id}):\n{done.stdout[-4000:]}")
     recap = {m[0]: {"changed": int(m[2]), "failed": int(m[4])} for m in RECAP.findall(done.stdout)}
-    if profile:
-        # profile_roles and profile_tasks print their summaries after the recap.
-        return wall, recap, done.stdout[done.stdout.rfind("PLAY RECAP"):]
-    return wall, recap
+    # profile_roles and profile_tasks print their summaries after the recap.
+    return wall, recap, done.stdout[done.stdout.rfind("PLAY RECAP"):] if profile else ""
 
 
 def measured(reports: Path, run_id: str) -> list[str]:
@@ -137,7 +137,7 @@ def main() -> None:
             start = time.monotonic()
             for name in names:
                 lab_host(name, "present", reports)
-            first, _ = converge(hosts_file, reports, "first")
+            first, _, _ = converge(hosts_file, reports, "first")
             print(f"{args.hosts} new lab hosts created and converged in {time.monotonic() - start:.0f} s "
                   f"(site.yml {first:.0f} s, first benchmark included)")
             one: list[float] = []
@@ -145,7 +145,7 @@ def main() -> None:
             for i in range(args.repeat):
                 for label, limit, walls in (("one", names[0], one), ("all", None, many)):
                     run_id = f"{label}-{i}"
-                    wall, recap = converge(hosts_file, reports, run_id, limit)
+                    wall, recap, _ = converge(hosts_file, reports, run_id, limit)
                     changed = {h: r["changed"] for h, r in recap.items() if r["changed"]}
                     benchmarked = measured(reports, run_id)
                     print(f"  {label:>3} run {i + 1}: {wall:6.1f} s, changed {changed or 0}, "
