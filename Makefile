@@ -18,7 +18,7 @@ help:
 	@echo "make lab-down  remove the lab host"
 	@echo "make test      lint, syntax check, pytest and molecule test --all: default, fleet, gpu_sim, fedora42_sim (what CI runs)"
 	@echo "make bench     benchmarks that print figures (fidelity, client capacity, gateway overhead)"
-	@echo "make bench-fleet  idempotent converge on 1 and 8 lab hosts: wall times, ratio, slowest roles (~15 min)"
+	@echo "make bench-fleet  idempotent converge on 1 and 8 lab hosts, linear and Mitogen: wall times, ratios, slowest roles (~20 min)"
 	@echo "make collection  build the collection artifact llm_endpoints.core into .cache/dist"
 
 $(BIN)/.installed: requirements.txt
@@ -78,9 +78,10 @@ bench: venv
 	$(BIN)/python benchmarks/client_capacity.py
 	$(BIN)/python benchmarks/gateway_overhead.py
 
-# An idempotent site.yml converge on 1 and on 8 lab hosts (engine only), with the slowest roles and tasks: ~15 min.
+# An idempotent site.yml converge on 1 and on 8 lab hosts (engine only), with Ansible's linear strategy and with
+# Mitogen's, and the slowest roles and tasks: ~20 min.
 bench-fleet: lab-images
-	$(BIN)/python benchmarks/fleet_converge.py --hosts 8 --repeat 2 --profile
+	$(BIN)/python benchmarks/fleet_converge.py --hosts 8 --repeat 2 --profile --mitogen
 
 collection: venv
 	$(BIN)/ansible-galaxy collection build --force --output-path $(CACHE)/dist .

@@ -11,7 +11,11 @@ host) met or not, and the ansible.cfg levers in effect. Figures, not a test: not
 The hosts run the engine only (llama.cpp with the lab's small model; --apps adds the backend and chat UI, which
 costs an image build per host at the first converge). They are removed at the end unless --keep.
 
-    .venv/bin/python benchmarks/fleet_converge.py [--hosts 8] [--repeat 3] [--apps] [--keep] [--profile]
+With --mitogen, each timed run is done twice: as above, and with Mitogen for Ansible's strategy (mitogen_linear,
+one Python interpreter kept per host instead of one started per task; the hosts then use the connection name
+`docker`, which Mitogen replaces by its own). Both sets of figures are printed, from the same hosts and run.
+
+    .venv/bin/python benchmarks/fleet_converge.py [--hosts 8] [--repeat 3] [--apps] [--keep] [--profile] [--mitogen]
 """
 from __future__ import annotations
 
@@ -60,7 +64,15 @@ def inventory(workdir: Path, hosts: list[str], apps: bool) -> Path:
         # The figures are the stack's (as before monitoring existed): its exporters and Prometheus stay off.
         "monitoring_enabled: false"]) + "\n")
     (workdir / "hosts.yml").write_text("\n".join(lines) + "\n")
+    # Mitogen replaces the connections it knows by their short names (docker, ssh), not community.docker.docker.
+    (workdir / "hosts-mitogen.yml").write_text("\n".join(lines).replace("community.docker.docker", "docker") + "\n")
     return workdir / "hosts.yml"
+
+
+def mitogen_env() -> dict[str, str]:
+    import ansible_mitogen  # noqa: PLC0415 (only with --mitogen)
+    return {"ANSIBLE_STRATEGY_PLUGINS": str(Path(ansible_mitogen.__file__).parent / "plugins" / "strategy"),
+            "ANSIBLE_STRATEGY": "mitogen_linear"}
 
 
 # Per run: the machine's CPU busy share (/proc/stat) and the control node's CPU seconds (ansible-playbook and the
@@ -84,14 +96,17 @@ def controller_cpu() -> float:
 
 
 def converge(hosts_file: Path, reports: Path, run_id: str, limit: str | None = None,
-             profile: bool = False) -> tuple[float, dict, str]:
+             profile: bool = False, mitogen: bool = False) -> tuple[float, dict, str]:
     """Wall seconds, {host: changed, failed} from the recap, and what follows the recap (the profiling callbacks'
     summaries with --profile, else empty)."""
+    if mitogen:
+        hosts_file = hosts_file.with_name("hosts-mitogen.yml")
     command = [str(BIN / "ansible-playbook"), "-i", str(hosts_file), str(ROOT / "site.yml"),
                "-e", f"@{hosts_file.parent / 'bench-vars.yml'}", "-e", f"llm_report_run_id={run_id}"]
     command += ["--limit", limit] if limit else []
     extra = {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_roles,ansible.posix.profile_tasks",
              "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "15"} if profile else {}
+    extra |= mitogen_env() if mitogen else {}
     start, cpu_before, children_before = time.monotonic(), machine_cpu(), controller_cpu()
     done = subprocess.run(command, env={**env(reports), **extra}, capture_output=True, text=True, cwd=ROOT)
     wall = time.monotonic() - start
@@ -125,6 +140,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="leave the bench hosts running")
     parser.add_argument("--profile", action="store_true",
                         help="one more converge of one host, untimed, printing its slowest roles and tasks")
+    parser.add_argument("--mitogen", action="store_true",
+                        help="each timed run also with Mitogen's strategy (mitogen_linear), figures side by side")
     args = parser.parse_args()
     if not 2 <= args.hosts <= 32 or not 1 <= args.repeat <= 10:
         sys.exit("--hosts must be 2-32 and --repeat 1-10")
@@ -140,28 +157,33 @@ def main() -> None:
             first, _, _ = converge(hosts_file, reports, "first")
             print(f"{args.hosts} new lab hosts created and converged in {time.monotonic() - start:.0f} s "
                   f"(site.yml {first:.0f} s, first benchmark included)")
-            one: list[float] = []
-            many: list[float] = []
+            modes = [False, True] if args.mitogen else [False]
+            walls: dict[tuple[bool, str], list[float]] = {(m, label): [] for m in modes for label in ("one", "all")}
             for i in range(args.repeat):
-                for label, limit, walls in (("one", names[0], one), ("all", None, many)):
-                    run_id = f"{label}-{i}"
-                    wall, recap, _ = converge(hosts_file, reports, run_id, limit)
-                    changed = {h: r["changed"] for h, r in recap.items() if r["changed"]}
-                    benchmarked = measured(reports, run_id)
-                    print(f"  {label:>3} run {i + 1}: {wall:6.1f} s, changed {changed or 0}, "
-                          f"benchmark traffic {'on ' + ', '.join(benchmarked) if benchmarked else 'none'}; "
-                          f"machine CPU {LOAD[run_id]['busy']:.0%} busy, control node "
-                          f"{LOAD[run_id]['controller_s']:.0f} CPU s")
-                    walls.append(wall)
-            t1, tn = statistics.median(one), statistics.median(many)
-            print(f"\nidempotent converge, median of {args.repeat}: 1 host {t1:.1f} s; {args.hosts} hosts {tn:.1f} s; "
-                  f"ratio {tn / t1:.2f}")
-            print(f"goals: 1 host <= 20 s: {'met' if t1 <= 20 else 'NOT met'}; {args.hosts} hosts <= 1.5 x 1 host: "
-                  f"{'met' if tn <= 1.5 * t1 else 'NOT met'}")
+                for mitogen in modes:
+                    for label, limit in (("one", names[0]), ("all", None)):
+                        run_id = f"{label}-{'mitogen-' if mitogen else ''}{i}"
+                        wall, recap, _ = converge(hosts_file, reports, run_id, limit, mitogen=mitogen)
+                        changed = {h: r["changed"] for h, r in recap.items() if r["changed"]}
+                        benchmarked = measured(reports, run_id)
+                        print(f"  {label:>3} run {i + 1}{' (mitogen)' if mitogen else ''}: {wall:6.1f} s, "
+                              f"changed {changed or 0}, benchmark traffic "
+                              f"{'on ' + ', '.join(benchmarked) if benchmarked else 'none'}; "
+                              f"machine CPU {LOAD[run_id]['busy']:.0%} busy, control node "
+                              f"{LOAD[run_id]['controller_s']:.0f} CPU s")
+                        walls[(mitogen, label)].append(wall)
+            for mitogen in modes:
+                t1, tn = statistics.median(walls[(mitogen, "one")]), statistics.median(walls[(mitogen, "all")])
+                strategy = "mitogen_linear" if mitogen else "linear (ansible.cfg)"
+                print(f"\nidempotent converge, {strategy}, median of {args.repeat}: 1 host {t1:.1f} s; "
+                      f"{args.hosts} hosts {tn:.1f} s; ratio {tn / t1:.2f}")
+                print(f"goals: 1 host <= 20 s: {'met' if t1 <= 20 else 'NOT met'}; {args.hosts} hosts <= 1.5 x 1 host: "
+                      f"{'met' if tn <= 1.5 * t1 else 'NOT met'}")
             print(f"levers: {levers()}; machine: {os.cpu_count()} CPUs, shared by the control node and every lab "
                   f"host (a real fleet gives each host its own)")
             if args.profile:
-                wall, _, summary = converge(hosts_file, reports, "profile", names[0], profile=True)
+                wall, _, summary = converge(hosts_file, reports, "profile", names[0], profile=True,
+                                            mitogen=args.mitogen)
                 print(f"\nwhere one host's converge spends its time ({wall:.1f} s with the profiling callbacks, "
                       f"ansible.posix.profile_roles and profile_tasks):")
                 print("\n".join(line for line in summary.splitlines()[1:] if line.strip() and "=====" not in line

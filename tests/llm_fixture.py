@@ -68,9 +68,9 @@ class Run:
 
 
 def run_playbook(tmp_path: Path, playbook: str, extravars: dict, collections_path: Path | None = None,
-                 cmdline: str | None = None) -> Run:
+                 cmdline: str | None = None, envvars: dict | None = None) -> Run:
     """Run a playbook on localhost; with collections_path, from a collection installed there, not this checkout;
-    cmdline: further ansible-playbook options (--check)."""
+    cmdline: further ansible-playbook options (--check); envvars: further environment (a strategy)."""
     reports = tmp_path / "reports"
     (tmp_path / "runner" / "inventory").mkdir(parents=True, exist_ok=True)
     (tmp_path / "runner" / "inventory" / "hosts").write_text(
@@ -82,7 +82,7 @@ def run_playbook(tmp_path: Path, playbook: str, extravars: dict, collections_pat
         envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"),
                  "ANSIBLE_COLLECTIONS_PATH": str(collections_path or ROOT / ".collection"),
                  "LLM_REPORT_DIR": str(reports), "ANSIBLE_NOCOLOR": "1",
-                 "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"},
+                 "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **(envvars or {})},
         quiet=True,
         cmdline=cmdline,
     )
