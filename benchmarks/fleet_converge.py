@@ -15,7 +15,12 @@ With --mitogen, each timed run is done twice: as above, and with Mitogen for Ans
 one Python interpreter kept per host instead of one started per task; the hosts then use the connection name
 `docker`, which Mitogen replaces by its own). Both sets of figures are printed, from the same hosts and run.
 
+With --connection ssh the hosts are reached over SSH, as a fleet is (openssh-server is installed in each lab host
+first, untimed), instead of by `docker exec`, the lab's way: each module then costs an SSH channel on a kept master
+connection instead of a new `docker exec`.
+
     .venv/bin/python benchmarks/fleet_converge.py [--hosts 8] [--repeat 3] [--apps] [--keep] [--profile] [--mitogen]
+                                                  [--connection docker|ssh]
 """
 from __future__ import annotations
 
@@ -67,6 +72,29 @@ def inventory(workdir: Path, hosts: list[str], apps: bool) -> Path:
     # Mitogen replaces the connections it knows by their short names (docker, ssh), not community.docker.docker.
     (workdir / "hosts-mitogen.yml").write_text("\n".join(lines).replace("community.docker.docker", "docker") + "\n")
     return workdir / "hosts.yml"
+
+
+def ssh_inventory(workdir: Path, hosts: list[str]) -> None:
+    """--connection ssh: hosts.yml (and hosts-mitogen.yml) reach the lab hosts over SSH, as a fleet is reached. Each
+    host gets Debian's openssh-server (installed untimed, from the host's own apt sources) and a key made for this
+    run; Ansible's ssh connection keeps one master connection per host (ControlPersist, its default)."""
+    key = workdir / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    lines = ["---", "llm_hosts:", "  hosts:"]
+    for host in hosts:
+        subprocess.run(["docker", "exec", host, "sh", "-ec",
+                        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server >/dev/null; "
+                        "systemctl enable --now ssh >/dev/null 2>&1; install -d -m 0700 /root/.ssh"], check=True)
+        subprocess.run(["docker", "cp", f"{key}.pub", f"{host}:/root/.ssh/authorized_keys"], check=True)
+        subprocess.run(["docker", "exec", host, "chown", "root:root", "/root/.ssh/authorized_keys"], check=True)
+        address = subprocess.run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} "
+                                  "{{end}}", host], check=True, capture_output=True, text=True).stdout.split()[0]
+        lines += [f"    {host}:", "      ansible_connection: ssh", f"      ansible_host: {address}",
+                  "      ansible_user: root", f"      ansible_ssh_private_key_file: {key}",
+                  "      ansible_ssh_common_args: -o UserKnownHostsFile=/dev/null",
+                  "      ansible_python_interpreter: /usr/bin/python3"]
+    for name in ("hosts.yml", "hosts-mitogen.yml"):
+        (workdir / name).write_text("\n".join(lines) + "\n")
 
 
 def mitogen_env() -> dict[str, str]:
@@ -142,6 +170,9 @@ def main() -> None:
                         help="one more converge of one host, untimed, printing its slowest roles and tasks")
     parser.add_argument("--mitogen", action="store_true",
                         help="each timed run also with Mitogen's strategy (mitogen_linear), figures side by side")
+    parser.add_argument("--connection", choices=["docker", "ssh"], default="docker",
+                        help="how Ansible reaches the lab hosts: docker exec (the lab's way) or SSH (a fleet's way; "
+                             "installs openssh-server in each lab host)")
     args = parser.parse_args()
     if not 2 <= args.hosts <= 32 or not 1 <= args.repeat <= 10:
         sys.exit("--hosts must be 2-32 and --repeat 1-10")
@@ -154,6 +185,8 @@ def main() -> None:
             start = time.monotonic()
             for name in names:
                 lab_host(name, "present", reports)
+            if args.connection == "ssh":
+                ssh_inventory(workdir, names)
             first, _, _ = converge(hosts_file, reports, "first")
             print(f"{args.hosts} new lab hosts created and converged in {time.monotonic() - start:.0f} s "
                   f"(site.yml {first:.0f} s, first benchmark included)")
@@ -180,8 +213,8 @@ def main() -> None:
                       f"{args.hosts} hosts {tn:.1f} s; ratio {tn / t1:.2f}")
                 print(f"goals: 1 host <= 20 s: {'met' if t1 <= 20 else 'NOT met'}; {args.hosts} hosts <= 1.5 x 1 host: "
                       f"{'met' if tn <= 1.5 * t1 else 'NOT met'}")
-            print(f"levers: {levers()}; machine: {os.cpu_count()} CPUs, shared by the control node and every lab "
-                  f"host (a real fleet gives each host its own)")
+            print(f"levers: {levers()}; connection: {args.connection}; machine: {os.cpu_count()} CPUs, shared by the "
+                  f"control node and every lab host (a real fleet gives each host its own)")
             if args.profile:
                 wall, _, summary = converge(hosts_file, reports, "profile", names[0], profile=True,
                                             mitogen=args.mitogen)

@@ -69,7 +69,7 @@ def find_task(role: str, tasks_file: str, name_start: str) -> dict[str, Any]:
 
 def task_args(role: str, tasks_file: str, name_start: str) -> dict[str, Any]:
     task = find_task(role, tasks_file, name_start)
-    module = next(k for k in task if k.startswith("ansible.") or k.startswith("community."))
+    module = next(k for k in task if k.startswith(("ansible.", "community.", "llm_endpoints.")))
     return task[module]
 
 
@@ -239,8 +239,16 @@ def test_os_layers_hold_only_what_differs() -> None:
         == "https://nvidia.github.io/libnvidia-container/stable/deb/amd64"
     ubuntu_driver = role_vars("nvidia_driver", UBUNTU_2404, nvidia_driver_branch="570")
     assert driver_call(ubuntu_driver)["vendor_repo_key_url"].endswith("/ubuntu2404/x86_64/3bf863cc.pub")  # Debian's key
-    pins = vendor_task(driver_call(ubuntu_driver), "Apt preferences pin the packages", UBUNTU_2404)
-    assert pins["dest"] == "/etc/apt/preferences.d/nvidia-driver-pin.pref"
+    # Source and preferences are written in one call (host_files), their contents rendered from vendor_repo's
+    # templates on the control node.
+    # (The lookup by its short name: this bare Templar has no collection loader for ansible.builtin.)
+    task = task_args("vendor_repo", "Debian.yml", "Apt source and preferences are written")
+    variables = {**vendor_repo_vars(driver_call(ubuntu_driver), UBUNTU_2404),
+                 "ansible_search_path": [str(ROOT / "roles" / "vendor_repo")]}
+    written = render(task["files"].replace("lookup('ansible.builtin.template'", "lookup('template'"), variables)
+    assert [f["path"] for f in written] == ["/etc/apt/sources.list.d/nvidia-cuda.sources",
+                                            "/etc/apt/preferences.d/nvidia-driver-pin.pref"]
+    assert "Pin-Priority" in written[1]["content"] and "Signed-By:" in written[0]["content"]
 
 
 def test_each_cuda_repository_is_checked_against_the_key_nvidia_signs_it_with() -> None:
