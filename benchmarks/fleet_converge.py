@@ -66,6 +66,10 @@ def inventory(workdir: Path, hosts: list[str], apps: bool) -> Path:
         "---", f"llm_backend_enabled: {flag}", f"llm_frontend_enabled: {flag}", "llm_throughput_concurrency: [1]",
         "llm_throughput_requests_per_level: 2", "llm_throughput_max_tokens: 16", "llm_throughput_warmup_requests: 0",
         "llm_stack_llamacpp_threads: 1",
+        # Every idle lab host's watchdog (docker ps and inspect every 5 s by default) runs on the same 2 CPUs as the
+        # converge: 8 of them took a quarter of the machine (measured). Every 30 s here; on a fleet each host's
+        # watchdog runs on its own CPUs.
+        "llm_stack_watchdog_interval_s: 30",
         # The figures are the stack's (as before monitoring existed): its exporters and Prometheus stay off.
         "monitoring_enabled: false"]) + "\n")
     (workdir / "hosts.yml").write_text("\n".join(lines) + "\n")
@@ -83,7 +87,8 @@ def ssh_inventory(workdir: Path, hosts: list[str]) -> None:
     lines = ["---", "llm_hosts:", "  hosts:"]
     for host in hosts:
         subprocess.run(["docker", "exec", host, "sh", "-ec",
-                        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server >/dev/null; "
+                        "apt-get update -qq; "
+                        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server >/dev/null 2>&1; "
                         "systemctl enable --now ssh >/dev/null 2>&1; install -d -m 0700 /root/.ssh"], check=True)
         subprocess.run(["docker", "cp", f"{key}.pub", f"{host}:/root/.ssh/authorized_keys"], check=True)
         subprocess.run(["docker", "exec", host, "chown", "root:root", "/root/.ssh/authorized_keys"], check=True)

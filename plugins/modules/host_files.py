@@ -28,7 +28,7 @@ description:
   - Each path in I(absent) is removed (a file, a link, or a directory with its contents), as
     M(ansible.builtin.file) with C(state=absent) does.
   - The parent directory of each file must exist; the task fails naming the file otherwise, before anything is
-    written (in check mode a missing directory is one an earlier task would have made: the file counts as new).
+    written (in check mode a missing directory is one an earlier task would have made, so the file counts as new).
   - Supports check mode (reports what would change) and diff mode (a diff per changed text file). For a file of
     secrets, set C(no_log) on the task.
 options:
