@@ -81,15 +81,19 @@ def inventory(workdir: Path, hosts: list[str], apps: bool) -> Path:
 def ssh_inventory(workdir: Path, hosts: list[str]) -> None:
     """--connection ssh: hosts.yml (and hosts-mitogen.yml) reach the lab hosts over SSH, as a fleet is reached. Each
     host gets Debian's openssh-server (installed untimed, from the host's own apt sources) and a key made for this
-    run; Ansible's ssh connection keeps one master connection per host (ControlPersist, its default)."""
+    run (in the run's temporary directory: with --keep the hosts stay, reachable by docker exec only); Ansible's ssh
+    connection keeps one master connection per host (ControlPersist, its default)."""
     key = workdir / "id_ed25519"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
     lines = ["---", "llm_hosts:", "  hosts:"]
     for host in hosts:
-        subprocess.run(["docker", "exec", host, "sh", "-ec",
-                        "apt-get update -qq; "
-                        "DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server >/dev/null 2>&1; "
-                        "systemctl enable --now ssh >/dev/null 2>&1; install -d -m 0700 /root/.ssh"], check=True)
+        done = subprocess.run(["docker", "exec", host, "sh", "-ec",
+                               "apt-get update -qq; "
+                               "DEBIAN_FRONTEND=noninteractive apt-get install -y -q openssh-server; "
+                               "systemctl enable --now ssh; install -d -m 0700 /root/.ssh"],
+                              capture_output=True, text=True)
+        if done.returncode != 0:
+            sys.exit(f"SSH could not be set up in {host}:\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
         subprocess.run(["docker", "cp", f"{key}.pub", f"{host}:/root/.ssh/authorized_keys"], check=True)
         subprocess.run(["docker", "exec", host, "chown", "root:root", "/root/.ssh/authorized_keys"], check=True)
         address = subprocess.run(["docker", "inspect", "-f", "{{range .NetworkSettings.Networks}}{{.IPAddress}} "

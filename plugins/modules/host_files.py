@@ -29,8 +29,10 @@ description:
     M(ansible.builtin.file) with C(state=absent) does.
   - The parent directory of each file must exist; the task fails naming the file otherwise, before anything is
     written (in check mode a missing directory is one an earlier task would have made, so the file counts as new).
+  - A rewritten file keeps its SELinux context (a new one gets the policy's default for its path).
   - Supports check mode (reports what would change) and diff mode (a diff per changed text file). For a file of
-    secrets, set C(no_log) on the task.
+    secrets, set C(no_log) on the task; the result then holds neither the contents (its C(invocation) names the
+    paths only) nor a diff.
 options:
   files:
     description: Files to write.
@@ -40,12 +42,16 @@ options:
     suboptions:
       path: {description: Absolute path., type: str, required: true}
       content: {description: The whole content (text)., type: str, required: true}
-      mode: {description: Octal mode as a string (C(0644), C(0600), C(0755))., type: str, required: true}
+      mode:
+        description: Octal mode, as a string (C("0644")) or as the number an unquoted YAML C(0644) gives (420), as
+          M(ansible.builtin.file) reads it.
+        type: raw
+        required: true
       owner: {description: User name or id; overrides I(owner) for this file., type: str}
       group: {description: Group name or id; overrides I(group) for this file., type: str}
   owner:
     description: User name or id of every file in I(files) without its own. Not given, a file's owner is left as it
-      is (a new file belongs to the user the module runs as).
+      is (kept when the file is rewritten; a new file belongs to the user the module runs as).
     type: str
   group:
     description: Group name or id of every file in I(files) without its own (not given, left as it is).
@@ -93,13 +99,13 @@ def _problems(files: list[dict[str, Any]], absent: list[str], check_mode: bool) 
         if path in seen:
             found.append(f"files[{i}].path {path} is given twice")
         seen.add(path)
-        if not MODE.match(entry["mode"]):
-            found.append(f"files[{i}].mode must be octal digits such as 0644; got {entry['mode']!r} ({path})")
+        if _mode(entry["mode"]) is None:
+            found.append(f"files[{i}].mode must be an octal mode such as \"0644\"; got {entry['mode']!r} ({path})")
         # In check mode an earlier task that would create the directory did not run: the file is reported as new.
         if not os.path.isdir(os.path.dirname(path)) and not check_mode:
             found.append(f"files[{i}]: the directory of {path} does not exist")
-        elif os.path.isdir(path) and not os.path.islink(path):
-            found.append(f"files[{i}]: {path} is a directory")
+        elif os.path.isdir(path):
+            found.append(f"files[{i}]: {path} is a directory (or a link to one)")
         for key, lookup in (("owner", pwd.getpwnam), ("group", grp.getgrnam)):
             if entry[key] is not None and not entry[key].isdigit():
                 try:
@@ -119,11 +125,28 @@ def _well_formed(path: str) -> bool:
     return path.startswith("/") and "\x00" not in path and not {".", ".."} & set(path.split("/"))
 
 
+def _mode(value: Any) -> int | None:
+    """A mode as ansible.builtin.file reads it: a string of octal digits, or the number YAML made of 0644."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value if 0 <= value <= 0o7777 else None
+    if isinstance(value, str) and MODE.match(value):
+        return int(value, 8)
+    return None
+
+
 def _ids(entry: dict[str, Any]) -> tuple[int, int]:
-    """Owner and group ids to give the file (-1: as created)."""
+    """Owner and group ids to give the file: as asked, else the existing file's, else -1 (as created)."""
     owner, group = entry["owner"], entry["group"]
-    uid = -1 if owner is None else int(owner) if owner.isdigit() else pwd.getpwnam(owner).pw_uid
-    gid = -1 if group is None else int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    try:
+        old = os.stat(entry["path"])
+    except OSError:
+        old = None
+    uid = int(owner) if owner and owner.isdigit() else pwd.getpwnam(owner).pw_uid if owner else \
+        old.st_uid if old else -1
+    gid = int(group) if group and group.isdigit() else grp.getgrnam(group).gr_gid if group else \
+        old.st_gid if old else -1
     return uid, gid
 
 
@@ -132,10 +155,11 @@ def _collapse(path: str) -> str:
 
 
 def _read(path: str) -> bytes | None:
+    """The file's bytes; None when there is none (or, in check mode, no parent directory yet)."""
     try:
         with open(path, "rb") as handle:
             return handle.read()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
 
 
@@ -150,14 +174,18 @@ def _write(module: AnsibleModule, entry: dict[str, Any], data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.chown(tmp, uid, gid)
-        os.chmod(tmp, int(entry["mode"], 8))
+        os.chmod(tmp, _mode(entry["mode"]))
+        # A rewritten file keeps its SELinux context, as Ansible's own writes do (no-op without SELinux).
+        context = module.selinux_context(path) if os.path.lexists(path) and module.selinux_enabled() else None
         os.rename(tmp, path)
     except BaseException:
         if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
-    # The SELinux context the policy gives this path (no-op without SELinux), as Ansible's own writes do.
-    module.set_default_selinux_context(path, False)
+    if context:
+        module.set_context_if_different(path, context, False)
+    else:
+        module.set_default_selinux_context(path, False)
 
 
 def _remove(path: str) -> None:
@@ -173,7 +201,7 @@ def main() -> None:
             "files": {"type": "list", "elements": "dict", "default": [], "options": {
                 "path": {"type": "str", "required": True},
                 "content": {"type": "str", "required": True},
-                "mode": {"type": "str", "required": True},
+                "mode": {"type": "raw", "required": True},
                 "owner": {"type": "str"},
                 "group": {"type": "str"},
             }},
@@ -191,31 +219,42 @@ def main() -> None:
              for entry in module.params["files"]]
     absent = [_collapse(path) for path in module.params["absent"]]
     problems = _problems(files, absent, module.check_mode)
+    befores: dict[str, bytes | None] = {}
+    for entry in files:
+        if not problems:
+            try:
+                befores[entry["path"]] = _read(entry["path"])
+            except OSError as err:
+                problems.append(f"{entry['path']} could not be read: {err.strerror}")
+    # With no_log (a file of secrets) the result names the paths only: no contents in `invocation`, no diff.
+    quiet = {"invocation": {"module_args": {"files": [e["path"] for e in files], "absent": absent}}} \
+        if module.no_log else {}
     if problems:
-        module.fail_json(msg="host_files: " + "; ".join(problems), changed_paths=[])
+        module.fail_json(msg="host_files: " + "; ".join(problems), changed=False, changed_paths=[], **quiet)
     changed_paths: list[str] = []
     diffs: list[dict[str, str]] = []
+
+    def fail(msg: str) -> None:
+        module.fail_json(msg=msg, changed=bool(changed_paths), changed_paths=changed_paths, **quiet)
+
     for entry in files:
         path = entry["path"]
         data = entry["content"].encode("utf-8")
-        before = _read(path)
+        before = befores[path]
         written = before != data
         if written:
-            if module._diff:
+            if module._diff and not module.no_log:
                 try:
                     old = "" if before is None else before.decode("utf-8")
-                    diffs.append({"before_header": path, "after_header": path, "before": old,
-                                  "after": entry["content"]})
                 except UnicodeDecodeError:
-                    diffs.append({"before_header": path, "after_header": path, "before": "(binary)\n",
-                                  "after": entry["content"]})
+                    old = "(binary)\n"
+                diffs.append({"before_header": path, "after_header": path, "before": old, "after": entry["content"]})
             if not module.check_mode:
                 try:
                     _write(module, entry, data)
                 except OSError as err:
-                    module.fail_json(msg=f"host_files: {path} could not be written: {err}",
-                                     changed_paths=changed_paths)
-        attrs = {"path": path, "mode": entry["mode"], "owner": entry["owner"], "group": entry["group"],
+                    fail(f"host_files: {path} could not be written: {err.strerror}")
+        attrs = {"path": path, "mode": _mode(entry["mode"]), "owner": entry["owner"], "group": entry["group"],
                  "secontext": [None, None, None, None], "attributes": None}
         # A file written here already has its mode and owner; one that only differs in them gets them now (check
         # mode: a file that is not there yet is reported through its content alone).
@@ -229,17 +268,15 @@ def main() -> None:
                 try:
                     _remove(path)
                 except OSError as err:
-                    module.fail_json(msg=f"host_files: {path} could not be removed: {err}",
-                                     changed_paths=changed_paths)
+                    fail(f"host_files: {path} could not be removed: {err.strerror}")
             changed_paths.append(path)
             if module._diff:
                 diffs.append({"before_header": path, "after_header": path, "before": "(present)\n",
                               "after": "(absent)\n"})
-    result: dict[str, Any] = {"changed": bool(changed_paths), "changed_paths": changed_paths}
-    if module._diff:
+    result: dict[str, Any] = {"changed": bool(changed_paths), "changed_paths": changed_paths, **quiet}
+    if module._diff and not module.no_log:
         result["diff"] = diffs
     module.exit_json(**result)
-
 
 if __name__ == "__main__":
     main()

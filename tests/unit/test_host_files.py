@@ -102,7 +102,8 @@ def test_absent_removes_files_links_and_directories(tmp_path: Path, capsys: Cap)
 @pytest.mark.parametrize(("bad", "says"), [
     ({"path": "relative/f"}, "files[1].path must be an absolute"),
     ({"path": "/tmp/../etc/f"}, "files[1].path must be an absolute path without . or .. components"),
-    ({"mode": "644x"}, "files[1].mode must be octal digits"),
+    ({"mode": "644x"}, "files[1].mode must be an octal mode"),
+    ({"mode": True}, "files[1].mode must be an octal mode"),
     ({"owner": "no-such-user-llm"}, "files[1].owner 'no-such-user-llm' is not known"),
     ({"path": "/nonexistent-dir-llm/f"}, "files[1]: the directory of /nonexistent-dir-llm/f does not exist"),
 ])
@@ -124,11 +125,46 @@ def test_owner_and_group_for_all_files_or_left_as_they_are(tmp_path: Path, capsy
     assert not run(capsys, files=[plain], **ME)["changed"]
 
 
+def test_an_existing_files_owner_is_kept_when_none_is_given_and_set_when_one_is(tmp_path: Path, capsys: Cap) -> None:
+    if os.getuid() != 0:
+        pytest.skip("changing a file's owner needs root (CI runs as root)")
+    target = tmp_path / "f"
+    target.write_text("old\n")
+    os.chown(target, 65534, 65534)
+    run(capsys, files=[{"path": str(target), "content": "new\n", "mode": "0644"}])
+    assert target.read_text() == "new\n" and (target.stat().st_uid, target.stat().st_gid) == (65534, 65534)
+    result = run(capsys, files=[{"path": str(target), "content": "new\n", "mode": "0644"}], owner="root",
+                 group="root")
+    assert result["changed_paths"] == [str(target)] and (target.stat().st_uid, target.stat().st_gid) == (0, 0)
+
+
+def test_no_log_keeps_contents_out_of_the_result(tmp_path: Path, capsys: Cap) -> None:
+    secret = "API_KEY=s3cr3t-value\n"
+    result = run(capsys, diff=True, files=[entry(tmp_path / "e.env", secret, "0600")], _ansible_no_log=True)
+    assert result["changed_paths"] == [str(tmp_path / "e.env")]
+    assert "s3cr3t-value" not in json.dumps(result) and "diff" not in result
+    assert result["invocation"]["module_args"]["files"] == [str(tmp_path / "e.env")]
+
+
+def test_a_mode_as_yaml_reads_an_unquoted_0644(tmp_path: Path, capsys: Cap) -> None:
+    run(capsys, files=[{**entry(tmp_path / "f", "x\n"), "mode": 0o644}])
+    assert mode_of(tmp_path / "f") == 0o644
+
+
+def test_a_failure_after_a_write_reports_the_change(tmp_path: Path, capsys: Cap) -> None:
+    # /proc/version cannot be removed, not even by root.
+    result = run(capsys, files=[entry(tmp_path / "a", "1\n")], absent=["/proc/version"])
+    assert result["failed"] and result["changed"] and result["changed_paths"] == [str(tmp_path / "a")]
+    assert "/proc/version could not be removed" in result["msg"]
+    assert (tmp_path / "a").read_text() == "1\n"
+
+
 def test_a_directory_in_the_way_and_removing_root_are_refused(tmp_path: Path, capsys: Cap) -> None:
     (tmp_path / "d").mkdir()
-    result = run(capsys, files=[entry(tmp_path / "d", "x")], absent=["/"])
+    (tmp_path / "l").symlink_to(tmp_path / "d")
+    result = run(capsys, files=[entry(tmp_path / "d", "x"), entry(tmp_path / "l", "x")], absent=["/"])
     assert result["failed"]
-    assert f"{tmp_path / 'd'} is a directory" in result["msg"]
+    assert f"{tmp_path / 'd'} is a directory" in result["msg"] and f"{tmp_path / 'l'} is a directory" in result["msg"]
     assert "absent[0] must be an absolute path without . or .. components, other than /" in result["msg"]
 
 
