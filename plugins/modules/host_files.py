@@ -8,6 +8,7 @@ files' contents are rendered on the control node (the template and file lookups)
 """
 from __future__ import annotations
 
+import functools
 import grp
 import os
 import pwd
@@ -27,8 +28,11 @@ description:
     file and a 0600 file is never readable by others), and its mode, owner and group are set when they differ.
   - Each path in I(absent) is removed (a file, a link, or a directory with its contents), as
     M(ansible.builtin.file) with C(state=absent) does.
-  - The parent directory of each file must exist; the task fails naming the file otherwise, before anything is
-    written (in check mode a missing directory is one an earlier task would have made, so the file counts as new).
+  - Each entry of I(directories) is made first when it is missing (with its missing parents, as
+    M(ansible.builtin.file) with C(state=directory) does), and its mode, owner and group are set when they differ.
+  - The parent directory of each file must exist or be one of I(directories); the task fails naming the file
+    otherwise, before anything is written (in check mode a missing directory is one an earlier task would have made,
+    so the file counts as new).
   - A rewritten file keeps its SELinux context (a new one gets the policy's default for its path).
   - Supports check mode (reports what would change) and diff mode (a diff per changed text file). For a file of
     secrets, set C(no_log) on the task; the result then holds neither the contents (its C(invocation) names the
@@ -49,12 +53,24 @@ options:
         required: true
       owner: {description: User name or id; overrides I(owner) for this file., type: str}
       group: {description: Group name or id; overrides I(group) for this file., type: str}
+  directories:
+    description: Directories to make (before the files).
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      path: {description: Absolute path., type: str, required: true}
+      mode: {description: Octal mode, read as for I(files)., type: raw, required: true}
+      owner: {description: User name or id; overrides I(owner) for this directory., type: str}
+      group: {description: Group name or id; overrides I(group) for this directory., type: str}
   owner:
-    description: User name or id of every file in I(files) without its own. Not given, a file's owner is left as it
-      is (kept when the file is rewritten; a new file belongs to the user the module runs as).
+    description: User name or id of every file in I(files) and directory in I(directories) without its own. Not
+      given, a file's owner is left as it is (kept when the file is rewritten; a new file belongs to the user the
+      module runs as).
     type: str
   group:
-    description: Group name or id of every file in I(files) without its own (not given, left as it is).
+    description: Group name or id of every file in I(files) and directory in I(directories) without its own (not
+      given, left as it is).
     type: str
   absent:
     description: Absolute paths to remove.
@@ -67,6 +83,8 @@ author: llm_endpoints
 EXAMPLES = r"""
 - name: Build context is written
   llm_endpoints.core.host_files:
+    directories:
+      - {path: /opt/llm-stack/engine-build, mode: "0755"}
     files:
       - path: /opt/llm-stack/engine-build/Dockerfile
         content: "{{ lookup('ansible.builtin.template', 'llamacpp.Dockerfile.j2') }}"
@@ -79,7 +97,8 @@ EXAMPLES = r"""
 
 RETURN = r"""
 changed_paths:
-  description: Paths written or removed (or that would be, in check mode), in the order given.
+  description: Directories made or mended, files written or mended, and paths removed (or that would be, in check
+    mode), in that order.
   type: list
   elements: str
   returned: always
@@ -88,8 +107,30 @@ changed_paths:
 MODE = re.compile(r"^0?[0-7]{3,4}\Z")
 
 
-def _problems(files: list[dict[str, Any]], absent: list[str], check_mode: bool) -> list[str]:
+def _problems(directories: list[dict[str, Any]], files: list[dict[str, Any]], absent: list[str],
+              check_mode: bool) -> list[str]:
     found = []
+    made = set()
+    for i, entry in enumerate(directories):
+        path = entry["path"]
+        if not _well_formed(path) or path == "/":
+            found.append(f"directories[{i}].path must be an absolute path without . or .. components, other than /; "
+                         f"got {path!r}")
+            continue
+        if path in made:
+            found.append(f"directories[{i}].path {path} is given twice")
+        made.add(path)
+        if _mode(entry["mode"]) is None:
+            found.append(f"directories[{i}].mode must be an octal mode such as \"0755\"; "
+                         f"got {entry['mode']!r} ({path})")
+        # A file (or a link to one) in the way, here or above: os.makedirs would fail half-way.
+        above = path
+        while above != "/":
+            if os.path.lexists(above) and not os.path.isdir(above):
+                found.append(f"directories[{i}]: {above} is in the way of {path} (not a directory)")
+                break
+            above = os.path.dirname(above)
+        found += _unknown_ids(entry, f"directories[{i}]", path)
     seen: set[str] = set()
     for i, entry in enumerate(files):
         path = entry["path"]
@@ -102,22 +143,28 @@ def _problems(files: list[dict[str, Any]], absent: list[str], check_mode: bool) 
         if _mode(entry["mode"]) is None:
             found.append(f"files[{i}].mode must be an octal mode such as \"0644\"; got {entry['mode']!r} ({path})")
         # In check mode an earlier task that would create the directory did not run: the file is reported as new.
-        if not os.path.isdir(os.path.dirname(path)) and not check_mode:
+        if not os.path.isdir(os.path.dirname(path)) and os.path.dirname(path) not in made and not check_mode:
             found.append(f"files[{i}]: the directory of {path} does not exist")
-        elif os.path.isdir(path):
+        elif os.path.isdir(path) or path in made:
             found.append(f"files[{i}]: {path} is a directory (or a link to one)")
-        for key, lookup in (("owner", pwd.getpwnam), ("group", grp.getgrnam)):
-            if entry[key] is not None and not entry[key].isdigit():
-                try:
-                    lookup(entry[key])
-                except KeyError:
-                    found.append(f"files[{i}].{key} {entry[key]!r} is not known on the host ({path})")
+        found += _unknown_ids(entry, f"files[{i}]", path)
     for i, path in enumerate(absent):
         if not _well_formed(path) or path == "/":
             found.append(f"absent[{i}] must be an absolute path without . or .. components, other than /; "
                          f"got {path!r}")
-        elif path in seen:
-            found.append(f"absent[{i}] {path} is also a file to write")
+        elif path in seen or path in made:
+            found.append(f"absent[{i}] {path} is also a path to write")
+    return found
+
+
+def _unknown_ids(entry: dict[str, Any], name: str, path: str) -> list[str]:
+    found = []
+    for key, lookup in (("owner", _uid), ("group", _gid)):
+        if entry[key] is not None and not entry[key].isdigit():
+            try:
+                lookup(entry[key])
+            except KeyError:
+                found.append(f"{name}.{key} {entry[key]!r} is not known on the host ({path})")
     return found
 
 
@@ -136,6 +183,17 @@ def _mode(value: Any) -> int | None:
     return None
 
 
+# Each name is looked up once a call (checked first, used again for every file written).
+@functools.cache
+def _uid(name: str) -> int:
+    return pwd.getpwnam(name).pw_uid
+
+
+@functools.cache
+def _gid(name: str) -> int:
+    return grp.getgrnam(name).gr_gid
+
+
 def _ids(entry: dict[str, Any]) -> tuple[int, int]:
     """Owner and group ids to give the file: as asked, else the existing file's, else -1 (as created)."""
     owner, group = entry["owner"], entry["group"]
@@ -143,9 +201,9 @@ def _ids(entry: dict[str, Any]) -> tuple[int, int]:
         old = os.stat(entry["path"])
     except OSError:
         old = None
-    uid = int(owner) if owner and owner.isdigit() else pwd.getpwnam(owner).pw_uid if owner else \
+    uid = int(owner) if owner and owner.isdigit() else _uid(owner) if owner else \
         old.st_uid if old else -1
-    gid = int(group) if group and group.isdigit() else grp.getgrnam(group).gr_gid if group else \
+    gid = int(group) if group and group.isdigit() else _gid(group) if group else \
         old.st_gid if old else -1
     return uid, gid
 
@@ -205,6 +263,12 @@ def main() -> None:
                 "owner": {"type": "str"},
                 "group": {"type": "str"},
             }},
+            "directories": {"type": "list", "elements": "dict", "default": [], "options": {
+                "path": {"type": "str", "required": True},
+                "mode": {"type": "raw", "required": True},
+                "owner": {"type": "str"},
+                "group": {"type": "str"},
+            }},
             "owner": {"type": "str"},
             "group": {"type": "str"},
             "absent": {"type": "list", "elements": "str", "default": []},
@@ -213,12 +277,12 @@ def main() -> None:
     )
     # Repeated slashes and a trailing one (a directory setting such as "/opt/llm-stack/" joined with a name) are
     # collapsed; . and .. components are refused (_problems).
-    files = [{**entry, "path": _collapse(entry["path"]),
-              "owner": module.params["owner"] if entry["owner"] is None else entry["owner"],
-              "group": module.params["group"] if entry["group"] is None else entry["group"]}
-             for entry in module.params["files"]]
+    directories, files = ([{**entry, "path": _collapse(entry["path"]),
+                            "owner": module.params["owner"] if entry["owner"] is None else entry["owner"],
+                            "group": module.params["group"] if entry["group"] is None else entry["group"]}
+                           for entry in module.params[key]] for key in ("directories", "files"))
     absent = [_collapse(path) for path in module.params["absent"]]
-    problems = _problems(files, absent, module.check_mode)
+    problems = _problems(directories, files, absent, module.check_mode)
     befores: dict[str, bytes | None] = {}
     for entry in files:
         if not problems:
@@ -227,7 +291,8 @@ def main() -> None:
             except OSError as err:
                 problems.append(f"{entry['path']} could not be read: {err.strerror}")
     # With no_log (a file of secrets) the result names the paths only: no contents in `invocation`, no diff.
-    quiet = {"invocation": {"module_args": {"files": [e["path"] for e in files], "absent": absent}}} \
+    quiet = {"invocation": {"module_args": {"directories": [e["path"] for e in directories],
+                                            "files": [e["path"] for e in files], "absent": absent}}} \
         if module.no_log else {}
     if problems:
         module.fail_json(msg="host_files: " + "; ".join(problems), changed=False, changed_paths=[], **quiet)
@@ -237,6 +302,26 @@ def main() -> None:
     def fail(msg: str) -> None:
         module.fail_json(msg=msg, changed=bool(changed_paths), changed_paths=changed_paths, **quiet)
 
+    for entry in directories:
+        path = entry["path"]
+        made = not os.path.isdir(path)
+        if made:
+            if module._diff and not module.no_log:
+                diffs.append({"before_header": path, "after_header": path, "before": "(absent)\n",
+                              "after": "(directory)\n"})
+            if not module.check_mode:
+                try:
+                    # exist_ok: another host's call (delegated to the same control node) may make it first.
+                    os.makedirs(path, exist_ok=True)
+                except OSError as err:
+                    fail(f"host_files: directory {path} could not be made: {err.strerror}")
+                module.set_default_selinux_context(path, False)
+        attrs = {"path": path, "mode": _mode(entry["mode"]), "owner": entry["owner"], "group": entry["group"],
+                 "secontext": [None, None, None, None], "attributes": None}
+        if not made or not module.check_mode:
+            made = module.set_fs_attributes_if_different(attrs, made)
+        if made:
+            changed_paths.append(path)
     for entry in files:
         path = entry["path"]
         data = entry["content"].encode("utf-8")

@@ -71,7 +71,7 @@ def test_site_playbook_imports_from_the_installed_collection(installed: tuple[Pa
     assert run.returncode == 0, run.stdout + run.stderr
     for task in ("llm_endpoints.core.preflight : NVIDIA GPUs on the PCI bus are listed",
                  "Model is served",
-                 "llm_endpoints.core.llm_report : Host report is written"):
+                 "llm_endpoints.core.llm_report : Host reports and the fleet summary are written"):
         assert task in run.stdout, run.stdout[-3000:]
 
 

@@ -173,3 +173,37 @@ def test_repeated_and_trailing_slashes_are_collapsed(tmp_path: Path, capsys: Cap
     result = run(capsys, files=[entry(Path(f"{tmp_path}//a"), "x\n")], absent=[f"{tmp_path}/gone/"])
     assert result["changed_paths"] == [str(tmp_path / "a"), str(tmp_path / "gone")]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def directory(path: Path, mode: str = "0755") -> dict[str, str]:
+    return {"path": str(path), "mode": mode, **ME}
+
+
+def test_directories_are_made_with_their_parents_before_the_files(tmp_path: Path, capsys: Cap) -> None:
+    build = tmp_path / "stack" / "engine-build"
+    args = {"directories": [directory(build, "0750"), directory(build / "wheels")],
+            "files": [entry(build / "Dockerfile", "FROM x\n")]}
+    first = run(capsys, **args)
+    assert first["changed_paths"] == [str(build), str(build / "wheels"), str(build / "Dockerfile")]
+    assert mode_of(build) == 0o750 and mode_of(build / "wheels") == 0o755
+    assert (build / "Dockerfile").read_text() == "FROM x\n"
+    assert run(capsys, **args)["changed_paths"] == []
+    build.chmod(0o700)
+    assert run(capsys, **args)["changed_paths"] == [str(build)] and mode_of(build) == 0o750
+
+
+def test_directories_in_check_mode_are_reported_not_made(tmp_path: Path, capsys: Cap) -> None:
+    new = tmp_path / "new"
+    result = run(capsys, check=True, diff=True, directories=[directory(new)], files=[entry(new / "a", "x\n")])
+    assert result["changed_paths"] == [str(new), str(new / "a")]
+    assert result["diff"][0]["after"] == "(directory)\n"
+    assert not new.exists()
+
+
+def test_a_file_in_the_way_of_a_directory_is_refused_before_anything_is_written(tmp_path: Path, capsys: Cap) -> None:
+    (tmp_path / "blocker").write_text("x")
+    result = run(capsys, directories=[directory(tmp_path / "blocker" / "sub"), directory(tmp_path / "ok", "755x")],
+                 files=[entry(tmp_path / "first", "y\n")])
+    assert result["failed"] and "blocker is in the way of" in result["msg"]
+    assert "directories[1].mode must be an octal mode" in result["msg"]
+    assert not (tmp_path / "first").exists() and not (tmp_path / "ok").exists()

@@ -119,3 +119,43 @@ def test_keys_never_appear_in_what_the_checks_report(serve: object) -> None:
               "backend_limit_attempts": 3, "frontend_key": UI_KEY, "timeout_s": 10, "max_tokens": 8}
     text = json.dumps(llm_smoke.check_backend(params))
     assert not any(key in text for key in (GOOD_KEY, LIMIT_KEY, UI_KEY))
+
+
+class Gate(Fake):
+    """An engine whose completions answer only once all of them are in flight (a barrier): sent one after the
+    other, the first would wait for the rest, time out, and fail its check."""
+    barrier: threading.Barrier
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        try:
+            Gate.barrier.wait(timeout=5)
+        except threading.BrokenBarrierError:
+            self.reply(503, ERROR)
+            return
+        prompt = body["messages"][-1]["content"]
+        if body.get("stream"):
+            chunk = {"choices": [{"index": 0, "delta": {"content": "one"}}]}
+            self.reply(200, b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n", "text/event-stream")
+        else:
+            reply = {"choices": [{"index": 0, "message": {"role": "assistant", "content": f"re: {prompt}"}}]}
+            self.reply(200, json.dumps(reply).encode())
+
+
+def test_the_completions_are_sent_together_and_keep_their_order() -> None:
+    specs = [{"name": f"p{i}", "prompt": f"prompt {i}", "pattern": f"re: prompt {i}"} for i in range(3)]
+    Gate.barrier = threading.Barrier(2 + len(specs))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Gate)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        done = llm_smoke.run_checks({"base_url": url, "model": "m", "api_key": "", "timeout_s": 10, "max_tokens": 8,
+                                     "prompt_checks": specs, "backend_url": "", "frontend_url": ""})
+    finally:
+        server.shutdown()
+        server.server_close()
+    names = [c["name"] for c in done["checks"]]
+    assert names == ["health", "models", "chat", "stream", "prompt:p0", "prompt:p1", "prompt:p2"]
+    passed = {c["name"]: c["passed"] for c in done["checks"]}
+    # The fake serves no model list: everything but that check passes, each prompt with its own reply.
+    assert passed == {**{n: True for n in names}, "models": False}
