@@ -145,6 +145,8 @@ def test_alertmanager_configuration_is_valid_and_private(tmp_path: Path) -> None
     ("monitoring_dir", "relative/dir", "an absolute path"),
     ("monitoring_bind_address", "0.0.0.0:9090", "an IPv4 address"),
     ("monitoring_hosts_group", "no_such_group", "an inventory group with hosts"),
+    ("monitoring_image_archives", ["images/prometheus.tar"], "a list of absolute paths of .tar archives"),
+    ("monitoring_image_archives", ["/srv/images/prometheus.tgz"], "a list of absolute paths of .tar archives"),
 ])
 def test_a_bad_input_is_refused_by_name_before_anything_is_written(tmp_path: Path, variable: str, value: object,
                                                                    want: str) -> None:
