@@ -316,7 +316,9 @@ def main() -> None:
                 except OSError as err:
                     fail(f"host_files: directory {path} could not be made: {err.strerror}")
                 module.set_default_selinux_context(path, False)
-        attrs = {"path": path, "mode": _mode(entry["mode"]), "owner": entry["owner"], "group": entry["group"],
+        # A link to a directory is followed, as ansible.builtin.file's state=directory does: the target gets the mode.
+        attrs = {"path": os.path.realpath(path) if os.path.islink(path) else path, "mode": _mode(entry["mode"]),
+                 "owner": entry["owner"], "group": entry["group"],
                  "secontext": [None, None, None, None], "attributes": None}
         if not made or not module.check_mode:
             made = module.set_fs_attributes_if_different(attrs, made)

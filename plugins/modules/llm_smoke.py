@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
@@ -22,8 +21,6 @@ description:
   - Checks /health, /v1/models (lists the served name), a non-streamed and a streamed chat completion
     (chunks, then [DONE]), prompt checks with a regular expression the reply must match, and, when an API key
     is given, that a request without it gets 401 and one with it 200.
-  - The chat completions (the plain one, the streamed one and the prompt checks) are sent together, as an
-    endpoint's clients send theirs (the engine batches them); their results keep their order.
   - Never fails by itself, returns one result per check (name, passed, sent, received, detail) for the role to
     judge and report. The API key never appears in the results.
 options:
@@ -220,12 +217,8 @@ def run_checks(params: dict) -> dict[str, Any]:
     ep = OpenAIEndpoint(params["base_url"], params["model"], params["api_key"], params["timeout_s"])
     checks = [check_health(ep)]
     models, meta = check_models(ep)
-    tokens = params["max_tokens"]
-    completions = [(check_chat, (ep, tokens)), (check_stream, (ep, tokens))]
-    completions += [(check_prompt, (ep, spec, tokens)) for spec in params["prompt_checks"]]
-    # Each call opens its own connection (OpenAIEndpoint.call); map returns the results in the order given.
-    with ThreadPoolExecutor(max_workers=len(completions)) as pool:
-        checks += [models] + list(pool.map(lambda job: job[0](*job[1]), completions))
+    checks += [models, check_chat(ep, params["max_tokens"]), check_stream(ep, params["max_tokens"])]
+    checks += [check_prompt(ep, spec, params["max_tokens"]) for spec in params["prompt_checks"]]
     if params["api_key"]:
         checks += check_auth(ep)
     if params["backend_url"]:

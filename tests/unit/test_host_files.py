@@ -207,3 +207,12 @@ def test_a_file_in_the_way_of_a_directory_is_refused_before_anything_is_written(
     assert result["failed"] and "blocker is in the way of" in result["msg"]
     assert "directories[1].mode must be an octal mode" in result["msg"]
     assert not (tmp_path / "first").exists() and not (tmp_path / "ok").exists()
+
+
+def test_a_link_to_a_directory_is_followed_and_stays_unchanged(tmp_path: Path, capsys: Cap) -> None:
+    (tmp_path / "disk" / "metrics").mkdir(parents=True)
+    (tmp_path / "metrics").symlink_to(tmp_path / "disk" / "metrics")
+    args = {"directories": [directory(tmp_path / "metrics", "0750")]}
+    assert run(capsys, **args)["changed_paths"] == [str(tmp_path / "metrics")]
+    assert mode_of(tmp_path / "disk" / "metrics") == 0o750 and (tmp_path / "metrics").is_symlink()
+    assert run(capsys, **args)["changed_paths"] == []

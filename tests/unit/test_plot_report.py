@@ -1,5 +1,6 @@
-"""llm_report's plots: drawn once per set of figures, copied from the report root's .plots/ when a later run reports
-the same figures again (a run that did not measure), drawn again when anything shown differs."""
+"""llm_report's plots: drawn once per set of figures, copied from the control node's cache when a later run reports
+the same figures again (a run that did not measure), drawn again when anything shown differs; the report root holds
+runs only."""
 from __future__ import annotations
 
 import importlib.util
@@ -24,24 +25,25 @@ def report(tps: float) -> dict:
 
 
 def run(root: Path, run_id: str, reports: dict[str, dict], capsys: pytest.CaptureFixture[str]) -> str:
-    run_dir = root / run_id
-    run_dir.mkdir()
+    run_dir = root / "reports" / run_id
+    run_dir.mkdir(parents=True)
     for host, data in reports.items():
         (run_dir / f"{host}.json").write_text(json.dumps(data))
-    assert plot_report.main(str(run_dir)) == 0
+    assert plot_report.main(str(run_dir), str(root / "cache" / "plots")) == 0
+    assert not [p for p in (root / "reports").iterdir() if p.name.startswith(".")]
     return capsys.readouterr().out
 
 
 def test_same_figures_are_copied_and_new_ones_drawn(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert "1 plot(s) drawn, 0 copied" in run(tmp_path, "r1", {"h1": report(50.0)}, capsys)
-    first = (tmp_path / "r1/h1.png").read_bytes()
+    first = (tmp_path / "reports/r1/h1.png").read_bytes()
     assert first[:8] == PNG
     assert "0 plot(s) drawn, 1 copied" in run(tmp_path, "r2", {"h1": report(50.0)}, capsys)
-    assert (tmp_path / "r2/h1.png").read_bytes() == first
+    assert (tmp_path / "reports/r2/h1.png").read_bytes() == first
     assert "1 plot(s) drawn, 0 copied" in run(tmp_path, "r3", {"h1": report(51.0)}, capsys)
-    assert (tmp_path / "r3/h1.png").read_bytes()[:8] == PNG
-    assert len(list((tmp_path / ".plots").glob("*.png"))) == 2
-    assert not list((tmp_path / ".plots").glob(".*"))
+    assert (tmp_path / "reports/r3/h1.png").read_bytes()[:8] == PNG
+    assert len(list((tmp_path / "cache/plots").glob("*.png"))) == 2
+    assert not list((tmp_path / "cache/plots").glob(".*"))
 
 
 def test_a_host_without_figures_gets_no_plot_and_old_plots_are_pruned(
@@ -49,6 +51,6 @@ def test_a_host_without_figures_gets_no_plot_and_old_plots_are_pruned(
     monkeypatch.setattr(plot_report, "KEEP", 1)
     empty = {**report(1.0), "performance": {"levels": []}}
     assert "1 plot(s) drawn" in run(tmp_path, "r1", {"h1": report(50.0), "h2": empty}, capsys)
-    assert not (tmp_path / "r1/h2.png").exists()
+    assert not (tmp_path / "reports/r1/h2.png").exists()
     run(tmp_path, "r2", {"h1": report(60.0)}, capsys)
-    assert len(list((tmp_path / ".plots").glob("*.png"))) == 1
+    assert len(list((tmp_path / "cache/plots").glob("*.png"))) == 1

@@ -2,7 +2,8 @@
 """Draw <host>.png for every <host>.json in a report directory: output tokens/s and TPOT vs concurrency.
 
 A run that did not measure again reports the release's last figures, already drawn by an earlier run: each plot is
-kept under <report root>/.plots/<hash of what it shows>.png and copied from there when the same figures come again
+kept in a cache directory (the second argument: the control node's cache, llm_stack_cache_dir/plots, never the report
+root, whose entries are runs) as <hash of what it shows>.png and copied from there when the same figures come again
 (importing matplotlib alone costs about 1.5 s a run). The newest KEEP plots are kept.
 """
 from __future__ import annotations
@@ -52,10 +53,10 @@ def plot_host(report: dict, dest: Path) -> None:
     plt.close(fig)
 
 
-def main(run_dir: str) -> int:
+def main(run_dir: str, cache_dir: str) -> int:
     drawn = copied = 0
-    cache = Path(run_dir).resolve().parent / ".plots"
-    cache.mkdir(exist_ok=True)
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
     for path in sorted(Path(run_dir).glob("*.json")):
         report = json.loads(path.read_text())
         if not report.get("performance", {}).get("levels"):
@@ -73,11 +74,17 @@ def main(run_dir: str) -> int:
             shutil.copyfile(path.with_suffix(".png"), partial)
             partial.replace(kept)
             drawn += 1
-    for old in sorted(cache.glob("*.png"), key=lambda p: p.stat().st_mtime, reverse=True)[KEEP:]:
+    def mtime(path: Path) -> float:
+        try:
+            return path.stat().st_mtime
+        except FileNotFoundError:  # pruned by another run meanwhile
+            return 0.0
+
+    for old in sorted(cache.glob("*.png"), key=mtime, reverse=True)[KEEP:]:
         old.unlink(missing_ok=True)
     print(f"{drawn} plot(s) drawn, {copied} copied from {cache} (the same figures as an earlier run), in {run_dir}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1]))
+    sys.exit(main(sys.argv[1], sys.argv[2]))
