@@ -208,6 +208,13 @@ def _ids(entry: dict[str, Any]) -> tuple[int, int]:
     return uid, gid
 
 
+def _attrs(entry: dict[str, Any], path: str) -> dict[str, Any]:
+    """What AnsibleModule.set_fs_attributes_if_different compares and sets: mode, owner and group (no SELinux change
+    or file attributes)."""
+    return {"path": path, "mode": _mode(entry["mode"]), "owner": entry["owner"], "group": entry["group"],
+            "secontext": [None, None, None, None], "attributes": None}
+
+
 def _collapse(path: str) -> str:
     return "/" + "/".join(part for part in path.split("/") if part) if path.startswith("/") else path
 
@@ -317,9 +324,7 @@ def main() -> None:
                     fail(f"host_files: directory {path} could not be made: {err.strerror}")
                 module.set_default_selinux_context(path, False)
         # A link to a directory is followed, as ansible.builtin.file's state=directory does: the target gets the mode.
-        attrs = {"path": os.path.realpath(path) if os.path.islink(path) else path, "mode": _mode(entry["mode"]),
-                 "owner": entry["owner"], "group": entry["group"],
-                 "secontext": [None, None, None, None], "attributes": None}
+        attrs = _attrs(entry, os.path.realpath(path) if os.path.islink(path) else path)
         if not made or not module.check_mode:
             made = module.set_fs_attributes_if_different(attrs, made)
         if made:
@@ -341,8 +346,7 @@ def main() -> None:
                     _write(module, entry, data)
                 except OSError as err:
                     fail(f"host_files: {path} could not be written: {err.strerror}")
-        attrs = {"path": path, "mode": _mode(entry["mode"]), "owner": entry["owner"], "group": entry["group"],
-                 "secontext": [None, None, None, None], "attributes": None}
+        attrs = _attrs(entry, path)
         # A file written here already has its mode and owner; one that only differs in them gets them now (check
         # mode: a file that is not there yet is reported through its content alone).
         if not written or not module.check_mode:
