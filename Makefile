@@ -63,8 +63,11 @@ syntax: venv
 promtool:
 	scripts/ensure-promtool.sh
 
+# Two pytest-xdist workers by default (tests/conftest.py says which tests share one); PYTEST_WORKERS=0 runs them
+# in one process. The slowest tests are listed at the end: CI's time is read from them.
+PYTEST_WORKERS ?= 2
 unit: venv promtool
-	$(BIN)/pytest -q tests
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=15 tests
 
 molecule: images
 	$(BIN)/molecule test --all

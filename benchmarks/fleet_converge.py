@@ -147,7 +147,9 @@ def converge(hosts_file: Path, reports: Path, run_id: str, limit: str | None = N
     start, cpu_before, children_before = time.monotonic(), machine_cpu(), controller_cpu()
     done = subprocess.run(command, env={**env(reports), **extra}, capture_output=True, text=True, cwd=ROOT)
     wall = time.monotonic() - start
-    LOAD[run_id] = {"busy": busy_share(cpu_before, machine_cpu()), "controller_s": controller_cpu() - children_before}
+    cpu_after = machine_cpu()
+    LOAD[run_id] = {"busy": busy_share(cpu_before, cpu_after), "controller_s": controller_cpu() - children_before,
+                    "machine_s": (cpu_after[0] - cpu_before[0]) / os.sysconf("SC_CLK_TCK")}
     if done.returncode != 0:
         sys.exit(f"site.yml failed ({run_id}):\n{done.stdout[-4000:]}")
     recap = {m[0]: {"changed": int(m[2]), "failed": int(m[4])} for m in RECAP.findall(done.stdout)}
@@ -222,6 +224,16 @@ def main() -> None:
                       f"{args.hosts} hosts {tn:.1f} s; ratio {tn / t1:.2f}")
                 print(f"goals: 1 host <= 20 s: {'met' if t1 <= 20 else 'NOT met'}; {args.hosts} hosts <= 1.5 x 1 host: "
                       f"{'met' if tn <= 1.5 * t1 else 'NOT met'}")
+                # The floor the machine's CPUs set: the busy CPU seconds of the fleet's converge (control node, docker
+                # exec, the modules in every lab host, and what the hosts run meanwhile) cannot take less wall time
+                # than spread over every CPU.
+                cpu_s = statistics.median(LOAD[f"all-{'mitogen-' if mitogen else ''}{run}"]["machine_s"]
+                                          for run in range(args.repeat))
+                cpus = os.cpu_count() or 1
+                print(f"CPU floor: the {args.hosts}-host converge kept the machine busy for {cpu_s:.0f} CPU s "
+                      f"({cpu_s / args.hosts:.0f} per host); on {cpus} CPUs no such run takes less than "
+                      f"{cpu_s / cpus:.0f} s (ratio >= {cpu_s / cpus / t1:.2f}); {args.hosts} hosts within "
+                      f"1.5 x 1 host need >= {cpu_s / (1.5 * t1):.1f} CPUs at this cost per host")
             print(f"levers: {levers()}; connection: {args.connection}; machine: {os.cpu_count()} CPUs, shared by the "
                   f"control node and every lab host (a real fleet gives each host its own)")
             if args.profile:

@@ -8,7 +8,12 @@ started_here=0
 cleanup() { [ "$started_here" = 1 ] && scripts/stop-docker.sh || true; }
 trap cleanup EXIT
 # Each step's heading names the free disk space (Docker-in-Docker scenarios need a few GB: a failure is read with it).
-step() { printf '\n=== %s (free disk: %s) ===\n' "$*" "$(df -Ph . | awk 'NR == 2 {print $4}')"; }
+# The minutes since the start too: CI must stay well inside its 90 minutes, and the log says where they went.
+started_at=${SECONDS}
+step() {
+  printf '\n=== %s (free disk: %s, at %d min) ===\n' "$*" "$(df -Ph . | awk 'NR == 2 {print $4}')" \
+    $(((SECONDS - started_at) / 60))
+}
 # A long step's output is also kept in .cache/state/<name>.log; when the step fails, its failing tests and tasks
 # are printed again last, so that the tail of a CI log names them (molecule prints pages after its verifier).
 logged() {
@@ -34,3 +39,4 @@ step "chromium";        scripts/ensure-chromium.sh
 step "promtool";        scripts/ensure-promtool.sh
 step "pytest";          LLM_REQUIRE_BROWSER=1 logged pytest make --no-print-directory unit
 step "molecule";        logged molecule make --no-print-directory molecule
+step "done"
