@@ -67,7 +67,7 @@ promtool:
 # in one process. The slowest tests are listed at the end: CI's time is read from them.
 PYTEST_WORKERS ?= 2
 unit: venv promtool
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=15 tests
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadscope --durations=15 tests
 
 molecule: images
 	$(BIN)/molecule test --all
