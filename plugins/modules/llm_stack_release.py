@@ -143,6 +143,12 @@ releases:
     Every release kept, newest first (id, created, created_epoch, good, and good_at: when it was marked
     known-good, in epoch seconds, 0 if never).
   type: list
+benchmark:
+  description: >-
+    The benchmark record of C(release) (its C(benchmark.json), written by the role llm_throughput), read in the same
+    call so that the role needs no call of its own; an empty dict when it has none or it is not a JSON object.
+  type: dict
+  returned: always
 """
 
 RELEASE_ID = re.compile(r"^(legacy-)?[0-9a-f]{12}$")
@@ -197,6 +203,18 @@ class Releases:
                 return json.load(handle)
         except (OSError, ValueError):
             return {}
+
+    def benchmark(self, release: str | None) -> dict[str, Any]:
+        """The release's benchmark record (benchmark.json, written by roles/llm_throughput), or {} when it has none or
+        it is not a JSON object."""
+        if not release:
+            return {}
+        try:
+            with open(os.path.join(self.path(release), "benchmark.json"), encoding="utf-8") as handle:
+                record = json.load(handle)
+        except (OSError, ValueError):
+            return {}
+        return record if isinstance(record, dict) else {}
 
     def is_good(self, release: str) -> bool:
         return os.path.isfile(os.path.join(self.path(release), "good"))
@@ -485,7 +503,7 @@ def main() -> None:
             # An endpoint this collection did not deploy (no releases): nothing to mark.
             module.exit_json(changed=False, release=None, current_before=None, current=None, previous=None,
                              switched=False, created=False, pruned=[], images={}, applied=applied, good=False,
-                             releases=[], msg=f"no release in {releases.dir}: nothing to mark known-good")
+                             releases=[], benchmark={}, msg=f"no release in {releases.dir}: nothing to mark known-good")
         if not os.path.isdir(releases.path(release)):
             module.fail_json(msg=f"no release {release!r} to mark known-good")
         if params["release"] is None and applied is not None and applied != release:
@@ -493,6 +511,7 @@ def main() -> None:
             module.exit_json(changed=False, release=release, current_before=current_before, current=current_before,
                              previous=releases.previous(), switched=False, created=False, pruned=[], images={},
                              applied=applied, good=releases.is_good(release), releases=releases.listing(),
+                             benchmark=releases.benchmark(release),
                              msg=f"the containers run release {applied}, not the current {release}: nothing marked")
         changed |= releases.mark_good(release)
     else:
@@ -510,7 +529,8 @@ def main() -> None:
         changed |= bool(pruned)
     module.exit_json(changed=changed, release=release, current_before=current_before, current=current,
                      previous=previous, switched=switched, created=created, pruned=pruned, images=images,
-                     applied=applied, good=bool(release) and releases.is_good(release), releases=releases.listing())
+                     applied=applied, good=bool(release) and releases.is_good(release), releases=releases.listing(),
+                     benchmark=releases.benchmark(release))
 
 
 if __name__ == "__main__":

@@ -179,3 +179,22 @@ def test_two_services_on_one_image_and_check_mode_switch(tmp_path: Path, capsys:
     # rollout.yml --check: the release it would stage is not there; the switch reports what would happen.
     out = run(capsys, tmp_path, check=True, state="current", release="0123456789ab")
     assert not out.get("failed") and out["switched"]
+
+
+def test_the_release_comes_with_its_benchmark_record(tmp_path: Path, capsys: Cap) -> None:
+    (tmp_path / "engine.env").write_text("A=1\n")
+    first = run(capsys, tmp_path, compose=COMPOSE, env_files=["engine.env"])
+    assert first["benchmark"] == {}  # a new release: not measured yet
+    record = {"release": first["release"], "passed": True, "levels": [{"max_concurrency": 1, "output_tps": 9.5}]}
+    (tmp_path / "releases" / first["release"] / "benchmark.json").write_text(json.dumps(record))
+    assert run(capsys, tmp_path, compose=COMPOSE, env_files=["engine.env"])["benchmark"] == record
+    assert run(capsys, tmp_path, state="query")["benchmark"] == record
+    assert run(capsys, tmp_path, state="good")["benchmark"] == record
+    assert run(capsys, tmp_path, state="current", release=first["release"])["benchmark"] == record
+    # Another release has its own record (none); a record that is not a JSON object counts as none.
+    second = run(capsys, tmp_path, compose=engine("local/engine:def"), env_files=["engine.env"])
+    assert second["release"] != first["release"] and second["benchmark"] == {}
+    (tmp_path / "releases" / second["release"] / "benchmark.json").write_text("[1, 2]")
+    assert run(capsys, tmp_path, state="query")["benchmark"] == {}
+    (tmp_path / "releases" / second["release"] / "benchmark.json").write_text("{cut short")
+    assert run(capsys, tmp_path, state="query")["benchmark"] == {}
