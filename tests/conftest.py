@@ -14,7 +14,6 @@ def engine() -> Iterator[Engine]:
         yield eng
 
 
-
 # `make unit` runs the tests on two workers (pytest-xdist): most tests render into their own tmp_path and share
 # nothing, and are handed out one by one. These stay together on one worker, each group in order:
 # - "engine": the tests of the one real llama.cpp server (the session fixture above; two servers on two cores would
