@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 help:
 	@echo "make lab       create/reuse the local lab host and run site.yml against it"
 	@echo "make lab-down  remove the lab host"
-	@echo "make test      lint, syntax check, pytest and molecule test --all: default, fleet, gpu_sim, fedora42_sim (what CI runs)"
+	@echo "make test      lint, syntax check, pytest and molecule test -s each of: $(MOLECULE_SCENARIOS) (what CI runs)"
 	@echo "make bench     benchmarks that print figures (fidelity, client capacity, gateway overhead)"
 	@echo "make bench-fleet  idempotent converge on 1 and 8 lab hosts, linear and Mitogen: wall times, ratios, slowest roles (~20 min)"
 	@echo "make collection  build the collection artifact llm_endpoints.core into .cache/dist"
@@ -69,8 +69,15 @@ PYTEST_WORKERS ?= 2
 unit: venv promtool
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadscope --durations=15 tests
 
+# One scenario after another (what `molecule test --all` does), each headed by the minutes it took, so that a CI
+# log says where molecule's time went.
+MOLECULE_SCENARIOS ?= default fedora42_sim fleet gpu_sim
 molecule: images
-	$(BIN)/molecule test --all
+	@for s in $(MOLECULE_SCENARIOS); do \
+	  start=$$SECONDS; printf '\n--- molecule test -s %s ---\n' "$$s"; \
+	  $(BIN)/molecule test -s "$$s"; \
+	  printf '\n--- molecule %s passed in %d min %d s ---\n' "$$s" $$(((SECONDS - start) / 60)) $$(((SECONDS - start) % 60)); \
+	done
 
 test:
 	scripts/run-tests.sh

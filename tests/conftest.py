@@ -26,6 +26,8 @@ ENGINE_FILES = {"test_chat_ui.py", "test_backend_live.py", "test_checks.py", "te
 SERIAL_FILES = {"test_stage_vllm.py"}
 
 
+# Optional: `-p no:xdist` (one process, no xdist at all) must still collect.
+@pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
     from xdist.scheduler import LoadScopeScheduling  # noqa: PLC0415 (only where xdist distributes)
 

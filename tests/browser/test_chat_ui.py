@@ -44,6 +44,9 @@ SIM_ANSWER = "한국의 수도는 서울입니다. 서울은 한강을 따라 �
 # The test artifact; with LLM_UPDATE_SCREENSHOT=1 also the README's picture (a committed file, so not on every run).
 SCREENSHOTS = (ROOT / ".cache/artifacts/chat-ui.png", ROOT / "docs/images/chat-ui.png")
 LOAD_S, ANSWER_S = 30_000, 90_000  # Playwright timeouts, in ms
+# A page's first paint runs the whole chat.py in a new Streamlit session; with pytest's other worker busy on the same
+# 2 cores it once took over 30 s in CI (the test failed with an empty page). A bound, not a speed goal.
+FIRST_PAINT_S = 120_000
 # SmolLM2-135M sometimes rambles for a thousand tokens, and shares 2 cores with Chromium: cap the answer.
 MAX_TOKENS = 64
 
@@ -153,7 +156,14 @@ def running_frontend(backend_url: str, api_key: str, name: str = "frontend", **s
 
 def open_chat(page: Page, url: str) -> None:
     page.goto(url)
-    expect(page.get_by_test_id("stChatInputTextArea")).to_be_editable(timeout=LOAD_S)
+    try:
+        expect(page.get_by_test_id("stChatInputTextArea")).to_be_editable(timeout=FIRST_PAINT_S)
+    except AssertionError as error:
+        # Say what the page and the app's processes showed, so that a failure in CI can be read from its log.
+        logs = "".join(f"\n--- the end of {log}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
+                       for log in sorted(LOGS.glob("*.log")))
+        raise AssertionError(f"{error}\n--- the page's text:\n{page.locator('body').inner_text()[:1500]}{logs}") \
+            from None
 
 
 def ask(page: Page, question: str) -> Locator:
