@@ -71,12 +71,15 @@ unit: venv promtool
 
 # One scenario after another (what `molecule test --all` does), each headed by the minutes it took, so that a CI
 # log says where molecule's time went.
-MOLECULE_SCENARIOS ?= default fedora42_sim fleet gpu_sim
+# Every scenario under molecule/ by default, as --all would.
+MOLECULE_SCENARIOS ?= $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml))
 molecule: images
 	@for s in $(MOLECULE_SCENARIOS); do \
 	  start=$$SECONDS; printf '\n--- molecule test -s %s ---\n' "$$s"; \
-	  $(BIN)/molecule test -s "$$s"; \
-	  printf '\n--- molecule %s passed in %d min %d s ---\n' "$$s" $$(((SECONDS - start) / 60)) $$(((SECONDS - start) % 60)); \
+	  rc=0; $(BIN)/molecule test -s "$$s" || rc=$$?; \
+	  printf '\n--- molecule %s %s in %d min %d s ---\n' "$$s" "$$( [ $$rc = 0 ] && echo passed || echo FAILED)" \
+	    $$(((SECONDS - start) / 60)) $$(((SECONDS - start) % 60)); \
+	  [ $$rc = 0 ] || exit $$rc; \
 	done
 
 test:

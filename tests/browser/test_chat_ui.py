@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from llm_fixture import Engine, free_port
 from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
 from sse_server import Script, serve
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,7 +46,7 @@ SIM_ANSWER = "한국의 수도는 서울입니다. 서울은 한강을 따라 �
 SCREENSHOTS = (ROOT / ".cache/artifacts/chat-ui.png", ROOT / "docs/images/chat-ui.png")
 LOAD_S, ANSWER_S = 30_000, 90_000  # Playwright timeouts, in ms
 # A page's first paint runs the whole chat.py in a new Streamlit session; with pytest's other worker busy on the same
-# 2 cores it once took over 30 s in CI (the test failed with an empty page). A bound, not a speed goal.
+# 2 cores it once took over 30 s in CI (the test failed with an empty page). A bound in ms, not a speed goal.
 FIRST_PAINT_S = 120_000
 # SmolLM2-135M sometimes rambles for a thousand tokens, and shares 2 cores with Chromium: cap the answer.
 MAX_TOKENS = 64
@@ -159,11 +160,16 @@ def open_chat(page: Page, url: str) -> None:
     try:
         expect(page.get_by_test_id("stChatInputTextArea")).to_be_editable(timeout=FIRST_PAINT_S)
     except AssertionError as error:
-        # Say what the page and the app's processes showed, so that a failure in CI can be read from its log.
+        # Say what the page and the app's processes (their logs of the last 10 minutes) showed, so that a failure in
+        # CI can be read from its log.
+        try:
+            text = page.locator("body").inner_text(timeout=5_000)[:1500]
+        except PlaywrightError as unreadable:
+            text = f"(unreadable: {unreadable})"
+        recent = [log for log in sorted(LOGS.glob("*.log")) if time.time() - log.stat().st_mtime < 600]
         logs = "".join(f"\n--- the end of {log}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-20:])
-                       for log in sorted(LOGS.glob("*.log")))
-        raise AssertionError(f"{error}\n--- the page's text:\n{page.locator('body').inner_text()[:1500]}{logs}") \
-            from None
+                       for log in recent)
+        raise AssertionError(f"{error}\n--- the page's text:\n{text}{logs}") from None
 
 
 def ask(page: Page, question: str) -> Locator:

@@ -79,7 +79,7 @@ def test_staging_downloads_once_with_progress(tmp_path: Path, vllm_sim_image: st
         server.shutdown()
     assert first.rc == 0, first.output[-3000:]
     assert "GiB in the HF cache after" in first.output
-    # The polls stop with the download: one "(done)" line, not one for each of the 61 polls the timeout allows.
+    # The polls stop with the download: one "(done)" line, not one for each poll left of the 61 the timeout allows.
     assert first.output.count("(done)") == 1, first.output[-3000:]
     for spec in files:
         assert (tiktoken / spec["name"]).read_bytes() == (encodings / spec["name"]).read_bytes()
@@ -102,6 +102,26 @@ def test_staging_downloads_once_with_progress(tmp_path: Path, vllm_sim_image: st
     assert json.loads(record.read_text())["revision"] == "main"
     assert (cache / ".staged-openai--gpt-oss-20b@main").read_text().strip() == "openai/gpt-oss-20b@main"
     assert (cache / "hub/models--openai--gpt-oss-20b/refs/main").is_file()
+
+
+def test_a_failed_download_fails_the_run_saying_why(tmp_path: Path, vllm_sim_image: str) -> None:
+    """SIMULATION: the Hub has no such revision. The run fails at once with the download's own error (not after the
+    timeout, and not hidden by no_log), writes no marker, and the token stays out of the output."""
+    cache = tmp_path / "hf-cache"
+    variables = {**GPU_HOST, "llm_stack_dir": str(tmp_path / "stack"),
+                 "llm_stack_vllm_image": vllm_sim_image.split(":")[0],
+                 "llm_stack_hf_cache_dir": str(cache), "llm_stack_tiktoken_files": [],
+                 "llm_stack_tiktoken_dir": str(tmp_path / "tiktoken"),
+                 "llm_stack_vllm_model_revision": "no-such-revision", "llm_stack_hf_token": "hf_stage_test_token",
+                 "llm_stack_vllm_stage_poll_s": 2, "llm_stack_vllm_stage_timeout_s": 120}
+    run = run_playbook(tmp_path / "run", "stage_vllm.yml", variables)
+    assert run.rc != 0
+    assert "failed or took longer than" in run.output, run.output[-3000:]
+    assert "Revision Not Found for url" in run.output and "RevisionNotFoundError" in run.output, run.output[-3000:]
+    assert "output has been hidden" not in run.output, run.output[-3000:]
+    assert run.output.count("(done)") == 1, run.output[-3000:]
+    assert not list(cache.glob(".staged-*"))
+    assert "hf_stage_test_token" not in run.output
 
 
 def test_wrong_tiktoken_checksum_fails(tmp_path: Path, vllm_sim_image: str) -> None:
