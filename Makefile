@@ -69,9 +69,8 @@ PYTEST_WORKERS ?= 2
 unit: venv promtool
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadscope --durations=15 tests
 
-# One scenario after another (what `molecule test --all` does), each headed by the minutes it took, so that a CI
-# log says where molecule's time went.
-# Every scenario under molecule/ by default, as --all would.
+# Every scenario under molecule/ (as `molecule test --all`), one after another, each followed by the minutes it
+# took, so that a CI log says where molecule's time went.
 MOLECULE_SCENARIOS ?= $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml))
 molecule: images
 	@for s in $(MOLECULE_SCENARIOS); do \
