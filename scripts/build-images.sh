@@ -4,82 +4,95 @@
 #   local/llm-base:bookworm       python3 + venv: base of the lab's llama.cpp engine image
 #   local/debian:<suite>          systemd test host (bookworm on llm-base, so the layers are shared)
 #   local/fedora42-sim            SIMULATED Fedora 42 (forky + dnf5/rpm), for molecule/fedora42_sim
-# Existing images are reused; FORCE=1 rebuilds.
+#   local/{prometheus,alertmanager,node-exporter}:bookworm, local/dcgm-exporter-sim:bookworm   the lab's monitoring
+# Existing images are reused; FORCE=1 rebuilds. Independent images are built side by side: each is mostly a wait on
+# the Debian mirror, and one after another they took four minutes on a fresh machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { printf '[build-images] %s\n' "$*" >&2; }
-suites=${SUITES:-bookworm trixie}
+# Bookworm is the only suite a scenario or the lab runs on (SUITES adds others for a test host of another release).
+suites=${SUITES:-bookworm}
 mirror=${DEBIAN_MIRROR:-$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)}
 mirror=${mirror:-http://deb.debian.org/debian}
 have() { [ "${FORCE:-0}" != 1 ] && docker image inspect "$1" >/dev/null 2>&1; }
 
 command -v debootstrap >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null; }
 
-for suite in $suites; do
-  if ! have "local/debian:$suite-minbase"; then
-    root=$(mktemp -d "/tmp/minbase-$suite.XXXX")
-    log "debootstrap $suite from $mirror"
-    debootstrap --variant=minbase "$suite" "$root" "$mirror" >"/tmp/debootstrap-$suite.log" 2>&1 \
-      || { tail -n 30 "/tmp/debootstrap-$suite.log" >&2; exit 1; }
-    tar -C "$root" -c . | docker import - "local/debian:$suite-minbase" >/dev/null
-    rm -rf "$root"
-  fi
-done
+# minbase SUITE [debootstrap options...]: local/debian:SUITE-minbase (SCRIPT: debootstrap's script for the suite).
+minbase() {
+  local suite=$1 root; shift
+  have "local/debian:$suite-minbase" && return 0
+  root=$(mktemp -d "/tmp/minbase-$suite.XXXX")
+  log "debootstrap $suite from $mirror"
+  debootstrap --variant=minbase "$@" "$suite" "$root" "$mirror" ${SCRIPT:+"$SCRIPT"} >"/tmp/debootstrap-$suite.log" 2>&1 \
+    || { tail -n 30 "/tmp/debootstrap-$suite.log" >&2; rm -rf "$root"; return 1; }
+  tar -C "$root" -c . | docker import - "local/debian:$suite-minbase" >/dev/null
+  rm -rf "$root"
+}
 
-if ! have local/llm-base:bookworm; then
-  log "building local/llm-base:bookworm"
-  docker build -q -t local/llm-base:bookworm -f tests/images/llm-base.Dockerfile tests/images >/dev/null
-fi
+# build IMAGE CONTEXT DOCKERFILE [docker build options...]: built when missing.
+build() {
+  local image=$1 context=$2 dockerfile=$3; shift 3
+  have "$image" && return 0
+  log "building $image"
+  docker build -q -t "$image" -f "$dockerfile" "$@" "$context" >/dev/null
+}
 
-for suite in $suites; do
-  base="local/debian:$suite-minbase"
-  [ "$suite" = bookworm ] && base=local/llm-base:bookworm
-  if ! have "local/debian:$suite"; then
-    log "building local/debian:$suite (systemd test host)"
-    docker build -q --build-arg "BASE=$base" -t "local/debian:$suite" -f tests/images/systemd-host.Dockerfile tests/images >/dev/null
-  fi
-done
+# together CMD...: run CMD in the background; `joined` waits for every one and fails if any failed.
+jobs_started=()
+together() { "$@" & jobs_started+=($!); }
+joined() {
+  local pid rc=0
+  for pid in "${jobs_started[@]}"; do wait "$pid" || rc=1; done
+  jobs_started=()
+  return "$rc"
+}
+
+# First the debootstraps, side by side; then the images on them, side by side.
+for suite in $suites; do together minbase "$suite"; done
 # SIMULATED Fedora 42 host (molecule/fedora42_sim): a forky userland with Debian's dnf5 and rpm. Bookworm's
 # debootstrap has no forky script; sid's fits.
 if [ "${FEDORA_SIM:-1}" = 1 ] && ! have local/fedora42-sim; then
-  if ! have local/debian:forky-minbase; then
-    root=$(mktemp -d /tmp/minbase-forky.XXXX)
-    log "debootstrap forky from $mirror"
-    debootstrap --variant=minbase --include=ca-certificates forky "$root" "$mirror" /usr/share/debootstrap/scripts/sid \
-      >/tmp/debootstrap-forky.log 2>&1 || { tail -n 30 /tmp/debootstrap-forky.log >&2; exit 1; }
-    tar -C "$root" -c . | docker import - local/debian:forky-minbase >/dev/null
-    rm -rf "$root"
-  fi
-  log "building local/fedora42-sim"
-  docker build -q -t local/fedora42-sim -f tests/images/fedora42-sim.Dockerfile tests/images >/dev/null
+  SCRIPT=/usr/share/debootstrap/scripts/sid together minbase forky --include=ca-certificates
 fi
+joined
 
-# The lab host has its own Docker engine and no registry: llm_stack loads this archive there.
-archive=.cache/images/llm-base-bookworm.tar
-if [ "${FORCE:-0}" = 1 ] || [ ! -s "$archive" ]; then
-  mkdir -p .cache/images
-  docker save -o "$archive.tmp" local/llm-base:bookworm && mv "$archive.tmp" "$archive"
-fi
-# The lab's monitoring images from Debian's packages (roles/monitoring; production pulls prom/*), and the SIMULATED
-# DCGM exporter the tests use in place of NVIDIA's; each saved for loading into a lab host.
-if [ "${MONITORING:-1}" = 1 ]; then
-  for target in prometheus alertmanager node-exporter; do
-    if ! have "local/$target:bookworm"; then
-      log "building local/$target:bookworm (Debian's package)"
-      docker build -q --target "$target" -t "local/$target:bookworm" -f tests/images/monitoring-debian.Dockerfile tests/images >/dev/null
-    fi
+# The systemd test hosts: bookworm on llm-base (the lab engine's base), so the layers are shared.
+test_hosts() {
+  local suite base
+  build local/llm-base:bookworm tests/images tests/images/llm-base.Dockerfile
+  for suite in $suites; do
+    base=local/debian:$suite-minbase
+    [ "$suite" = bookworm ] && base=local/llm-base:bookworm
+    build "local/debian:$suite" tests/images tests/images/systemd-host.Dockerfile --build-arg "BASE=$base"
   done
-  if ! have local/dcgm-exporter-sim:bookworm; then
-    log "building local/dcgm-exporter-sim:bookworm (SIMULATED)"
-    docker build -q -t local/dcgm-exporter-sim:bookworm -f tests/images/dcgm-exporter-sim.Dockerfile \
-      tests/fixtures/dcgm-exporter-sim >/dev/null
+  if [ "${MONITORING:-1}" = 1 ]; then
+    build local/dcgm-exporter-sim:bookworm tests/fixtures/dcgm-exporter-sim tests/images/dcgm-exporter-sim.Dockerfile
   fi
-  save() {  # archive, images...: written when missing (FORCE=1: written again)
-    local archive=$1; shift
-    if [ "${FORCE:-0}" = 1 ] || [ ! -s "$archive" ]; then
-      docker save -o "$archive.tmp" "$@" && mv "$archive.tmp" "$archive"
-    fi
-  }
+}
+# The lab's monitoring images from Debian's packages (roles/monitoring; production pulls prom/*): one package layer.
+monitoring() {
+  local target
+  for target in prometheus alertmanager node-exporter; do
+    build "local/$target:bookworm" tests/images tests/images/monitoring-debian.Dockerfile --target "$target"
+  done
+}
+together test_hosts
+[ "${MONITORING:-1}" = 1 ] && together monitoring
+[ "${FEDORA_SIM:-1}" = 1 ] && together build local/fedora42-sim tests/images tests/images/fedora42-sim.Dockerfile
+joined
+
+# save ARCHIVE IMAGE...: a docker save archive for loading into a lab host (which has its own engine and no registry),
+# written when missing (FORCE=1: written again).
+save() {
+  local archive=$1; shift
+  if [ "${FORCE:-0}" = 1 ] || [ ! -s "$archive" ]; then
+    mkdir -p "$(dirname "$archive")"
+    docker save -o "$archive.tmp" "$@" && mv "$archive.tmp" "$archive"
+  fi
+}
+save .cache/images/llm-base-bookworm.tar local/llm-base:bookworm
+if [ "${MONITORING:-1}" = 1 ]; then
   save .cache/images/monitoring-bookworm.tar local/prometheus:bookworm local/alertmanager:bookworm local/node-exporter:bookworm
   save .cache/images/dcgm-exporter-sim.tar local/dcgm-exporter-sim:bookworm
 fi

@@ -5,12 +5,30 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started_here=0
 [ -f .cache/state/dockerd.pid ] || started_here=1
-cleanup() { [ "$started_here" = 1 ] && scripts/stop-docker.sh || true; }
-trap cleanup EXIT
+# Each step's minutes, printed as a table at the end (also when a step fails): CI has 30 minutes on a fresh machine.
+steps=()
+step_name="" step_start=${SECONDS}
+started_at=${SECONDS}
+end_step() {
+  [ -n "${step_name}" ] && steps+=("$(printf '%-18s %3d min %02d s' "${step_name}" \
+    $(((SECONDS - step_start) / 60)) $(((SECONDS - step_start) % 60)))")
+  step_name=""
+}
+summary() {
+  local rc=$?
+  end_step
+  [ "$started_here" = 1 ] && scripts/stop-docker.sh || true
+  printf '\n=== minutes per step (%s) ===\n' "$([ "${rc}" = 0 ] && echo passed || echo "FAILED, exit ${rc}")"
+  printf '%s\n' "${steps[@]}"
+  [ -s .cache/state/molecule-minutes ] && sed 's/^/  /' .cache/state/molecule-minutes
+  printf '%-18s %3d min %02d s\n' total $(((SECONDS - started_at) / 60)) $(((SECONDS - started_at) % 60))
+}
+trap summary EXIT
 # Each step's heading names the free disk space (Docker-in-Docker scenarios need a few GB: a failure is read with it).
 # The minutes since the start too: CI must stay well inside its 90 minutes, and the log says where they went.
-started_at=${SECONDS}
 step() {
+  end_step
+  step_name=$1 step_start=${SECONDS}
   printf '\n=== %s (free disk: %s, at %d min) ===\n' "$*" "$(df -Ph . | awk 'NR == 2 {print $4}')" \
     $(((SECONDS - started_at) / 60))
 }
@@ -30,13 +48,14 @@ logged() {
   fi
   return "${rc}"
 }
+mkdir -p .cache/state && rm -f .cache/state/molecule-minutes
 step "venv";            make --no-print-directory venv
 step "lint";            make --no-print-directory lint
 step "syntax";          make --no-print-directory syntax
-step "docker + compose"; scripts/ensure-docker.sh && scripts/ensure-compose.sh
+step "docker + compose"; scripts/ensure-docker.sh && scripts/ensure-compose.sh && scripts/ci-quiet-machine.sh
 step "images";          make --no-print-directory images
 step "chromium";        scripts/ensure-chromium.sh
 step "promtool";        scripts/ensure-promtool.sh
 step "pytest";          LLM_REQUIRE_BROWSER=1 logged pytest make --no-print-directory unit
 step "molecule";        logged molecule make --no-print-directory molecule
-step "done"
+end_step

@@ -18,12 +18,26 @@ def engine() -> Iterator[Engine]:
 # nothing, and are handed out one by one. These stay together on one worker, each group in order:
 # - "engine": the tests of the one real llama.cpp server (the session fixture above; two servers on two cores would
 #   slow each other's completions), with the browser test, whose Playwright loop must close before others run;
-# - test_stage_vllm.py: its module fixture builds the simulated vLLM image once, and its runs start containers.
+# - test_stage_vllm.py: its module fixture builds the simulated vLLM image once, and its runs start containers;
+# - the bad-input cases that one playbook run judges together (llm_fixture.run_cases, a module fixture): split over
+#   two workers, each worker would run the whole batch.
 # xdist's own grouping mark (xdist_group, --dist loadgroup) does not take with pytest 9 (xdist 3.8 rewrites a test id
 # attribute that pytest 9 no longer reads): its scheduler for --dist loadscope is given these scopes instead, the way
 # xdist documents for custom grouping (LoadScopeScheduling._split_scope).
 ENGINE_FILES = {"test_chat_ui.py", "test_backend_live.py", "test_checks.py", "test_collection.py", "test_doctor.py"}
-SERIAL_FILES = {"test_stage_vllm.py"}
+SERIAL_FILES = {"test_stage_vllm.py", "test_check_inputs.py"}
+BATCHES = {("test_render_stack.py", "test_bad_inputs_fail_before_any_change"),
+           ("test_apps.py", "test_bad_inputs_fail_before_anything_is_written")}
+
+
+def scope_of(nodeid: str) -> str:
+    path, _, test = nodeid.partition("::")
+    name, function = path.rsplit("/", 1)[-1], test.split("[", 1)[0]
+    if name in ENGINE_FILES:
+        return "engine"
+    if name in SERIAL_FILES:
+        return name
+    return f"{name}::{function}" if (name, function) in BATCHES else nodeid
 
 
 # Optional: `-p no:xdist` (one process, no xdist at all) must still collect.
@@ -33,7 +47,6 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 
     class Scheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
-            name = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
-            return "engine" if name in ENGINE_FILES else name if name in SERIAL_FILES else nodeid
+            return scope_of(nodeid)
 
     return Scheduling(config, log)

@@ -1,7 +1,9 @@
 """A real llama.cpp server (xllamacpp + SmolLM2-135M from the venv) and an ansible-runner helper."""
 from __future__ import annotations
 
+import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -91,3 +93,57 @@ def run_playbook(tmp_path: Path, playbook: str, extravars: dict, collections_pat
 
 def run_checks(tmp_path: Path, extravars: dict) -> Run:
     return run_playbook(tmp_path, "checks.yml", extravars)
+
+
+# An "[ERROR]: ..." block of Ansible's output, up to the next host's result line.
+ERROR_BLOCK = re.compile(r"^\[ERROR\]: .*?(?=^(?:fatal|failed|ok|changed|skipping): \[|\Z)", re.S | re.M)
+
+
+@dataclass
+class Cases:
+    rc: int
+    output: str
+    hosts: dict[str, str]  # each case's lines of the output: what Ansible printed for its host
+    failed: set[str]  # the cases whose host failed a task (errors not ignored) or was unreachable
+
+
+def run_cases(tmp_path: Path, playbook: str, cases: dict[str, dict], envvars: dict | None = None) -> Cases:
+    """Run a playbook once over one local inventory host per case, the case's variables as that host's: Ansible's
+    start-up (a few CPU seconds a run) is paid once for many bad-input cases, each still judged on its own lines.
+    The variables are inventory host variables, not extra vars: a case must not set what a role sets itself."""
+    reports = tmp_path / "reports"
+    (tmp_path / "runner" / "inventory").mkdir(parents=True, exist_ok=True)
+    hosts = {name: {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, **variables}
+             for name, variables in cases.items()}
+    (tmp_path / "runner" / "inventory" / "hosts.json").write_text(json.dumps({"llm_hosts": {"hosts": hosts}}))
+    result = ansible_runner.run(
+        private_data_dir=str(tmp_path / "runner"),
+        playbook=playbook if Path(playbook).is_absolute() else str(ROOT / "tests/playbooks" / playbook),
+        envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".collection"),
+                 "LLM_REPORT_DIR": str(reports), "ANSIBLE_NOCOLOR": "1",
+                 "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **(envvars or {})},
+        quiet=True,
+    )
+    lines: dict[str, list[str]] = {name: [] for name in cases}
+    failed: set[str] = set()
+    # Ansible prints an identical error once per run (Display deduplicates "[ERROR]: ..." blocks, which name the task's
+    # file and line): a case whose failure was censored (no_log) and whose block was printed for an earlier case gets
+    # that task's printed blocks added to its lines, as its own run would have printed them.
+    blocks: dict[str, list[str]] = {}
+    censored: list[tuple[str, str]] = []
+    for event in result.events:
+        data = event.get("event_data", {})
+        host, text, task = data.get("host"), event.get("stdout") or "", data.get("task_path", "")
+        for block in ERROR_BLOCK.findall(text):
+            blocks.setdefault(task, []).append(block)
+        if host not in lines:
+            continue
+        lines[host].append(text)
+        if event["event"] == "runner_on_unreachable" or (
+                event["event"] == "runner_on_failed" and not data.get("ignore_errors")):
+            failed.add(host)
+            if "censored" in data.get("res", {}) and "[ERROR]:" not in text:
+                censored.append((host, task))
+    for host, task in censored:
+        lines[host].extend(blocks.get(task, []))
+    return Cases(result.rc, result.stdout.read(), {name: "\n".join(text) for name, text in lines.items()}, failed)

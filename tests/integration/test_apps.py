@@ -13,7 +13,7 @@ import pytest
 import yaml
 from ansible_collections.llm_endpoints.core.plugins.module_utils.gpu_table import describe
 from helpers import ROOT
-from llm_fixture import run_playbook
+from llm_fixture import Cases, run_cases, run_playbook
 
 RTX_5090 = {"pci_address": "0000:01:00.0", "vendor_id": "10de", "device_id": "2b85", "class": "030000",
             "driver": "nvidia", **describe("2b85")}
@@ -181,13 +181,28 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("overrides", "message"), BAD_INPUTS, ids=[str(i) for i in range(len(BAD_INPUTS))])
-def test_bad_inputs_fail_before_anything_is_written(tmp_path: Path, overrides: dict, message: str) -> None:
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Cases, Path]:
+    """Every case of BAD_INPUTS as one host of one run (host case-<index>, rendering into its own directory)."""
+    work = tmp_path_factory.mktemp("bad-inputs")
+    cases = {f"case-{index}": {"llm_stack_dir": str(work / f"case-{index}" / "stack"), "preflight_gpu_mode": "nvidia",
+                               "preflight_nvidia_gpus": [RTX_5090], **PRODUCTION, **VAULT, **overrides}
+             for index, (overrides, _) in enumerate(BAD_INPUTS)}
+    return run_cases(work, "render_apps.yml", cases), work
+
+
+@pytest.mark.parametrize(("index", "overrides", "message"), [(i, *case) for i, case in enumerate(BAD_INPUTS)],
+                         ids=[str(i) for i in range(len(BAD_INPUTS))])
+def test_bad_inputs_fail_before_anything_is_written(bad_input_runs: tuple[Cases, Path], index: int, overrides: dict,
+                                                    message: str) -> None:
+    runs, work = bad_input_runs
+    host = f"case-{index}"
     variables = {**PRODUCTION, **VAULT, **overrides}
-    rc, output, rendered = render(tmp_path, variables)
-    assert rc != 0
+    rendered = Path(overrides.get("llm_stack_dir", work / host / "stack"))
+    output = runs.hosts[host]
+    assert host in runs.failed, output[-3000:]
     assert message in output, output[-3000:]
     assert not rendered.exists()
+    # Nowhere in the run: not in this case's lines, nor in another's.
     secrets = [k["key"] for k in variables["vault_llm_backend_api_keys"] if "key" in k]
-    assert not any(secret in output for secret in secrets)
-
+    assert not any(secret in runs.output for secret in secrets)

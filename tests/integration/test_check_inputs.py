@@ -1,26 +1,29 @@
-"""Bad inputs of the check roles (llm_smoke, llm_throughput) fail before the first request, naming the variable.
+"""Bad inputs of the check roles (llm_smoke, llm_throughput) and of llm_rollout fail before the first request, naming
+the variable.
 
 The endpoint is a local server that records every request and answers 404: no engine is needed, and a check that
-let a bad input through would show up as a recorded request.
+let a bad input through would show up as a recorded request. The bad cases run as the hosts of one playbook run each
+(llm_fixture.run_cases), every case with a recorder of its own.
 """
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from llm_fixture import run_playbook
+from llm_fixture import Cases, run_cases, run_playbook
 
 API_KEY = "check-inputs-test-key"
 
 
 class Recorder(BaseHTTPRequestHandler):
-    seen: list[str] = []
+    """Records each request in its server's `seen` list and answers 404."""
 
     def _record(self) -> None:
-        Recorder.seen.append(f"{self.command} {self.path}")
+        self.server.seen.append(f"{self.command} {self.path}")  # type: ignore[attr-defined]
         self.send_response(404)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -31,31 +34,36 @@ class Recorder(BaseHTTPRequestHandler):
         return
 
 
-@pytest.fixture
-def endpoint() -> Iterator[int]:
-    Recorder.seen = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+@contextmanager
+def recorders(count: int) -> Iterator[list[ThreadingHTTPServer]]:
+    """COUNT recording servers on loopback: one per case, so that a request is laid at its own case's door."""
+    servers: list[ThreadingHTTPServer] = []
     try:
-        yield server.server_address[1]
+        for _ in range(count):
+            server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+            server.seen = []  # type: ignore[attr-defined]
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            servers.append(server)
+        yield servers
     finally:
-        server.shutdown()
-        server.server_close()
+        for server in servers:
+            server.shutdown()
+            server.server_close()
 
 
-def run(tmp_path: Path, port: int, role: str, **extra: object) -> str:
-    variables = {"check_inputs_role": role, "llm_stack_port": port, "llm_stack_served_model_name": "test/model",
-                 "llm_stack_api_key": API_KEY, "preflight_nvidia_gpus": [], **extra}
-    result = run_playbook(tmp_path, "check_inputs.yml", variables)
-    assert result.rc != 0, result.output[-3000:]
-    return result.output
+def case_vars(server: ThreadingHTTPServer, role: str, **extra: object) -> dict:
+    return {"check_inputs_role": role, "llm_stack_port": server.server_address[1],
+            "llm_stack_served_model_name": "test/model", "llm_stack_api_key": API_KEY, "preflight_nvidia_gpus": [],
+            **extra}
 
 
-def test_good_inputs_do_reach_the_recorder(tmp_path: Path, endpoint: int) -> None:
+def test_good_inputs_do_reach_the_recorder(tmp_path: Path) -> None:
     # The control: with good inputs the role sends requests (and fails on the 404s), so "nothing recorded" below
     # means the inputs were refused first.
-    output = run(tmp_path, endpoint, "llm_smoke")
-    assert "GET /health" in Recorder.seen, output[-3000:]
+    with recorders(1) as [server]:
+        result = run_playbook(tmp_path, "check_inputs.yml", case_vars(server, "llm_smoke"))
+        assert result.rc != 0, result.output[-3000:]
+        assert "GET /health" in server.seen, result.output[-3000:]  # type: ignore[attr-defined]
 
 
 SMOKE = [
@@ -111,39 +119,7 @@ THROUGHPUT = [
 
 KEY_MESSAGE = ("{} must be empty or at most 512 printable ASCII characters without spaces or line breaks "
                "(its value is not shown).")
-
-
-@pytest.mark.parametrize(("extra", "message"), SMOKE)
-def test_bad_smoke_inputs_fail_before_any_request(tmp_path: Path, endpoint: int, extra: dict, message: str) -> None:
-    output = run(tmp_path, endpoint, "llm_smoke", **extra)
-    assert message in output, output[-3000:]
-    assert Recorder.seen == []
-
-
-@pytest.mark.parametrize(("extra", "message"), THROUGHPUT)
-def test_bad_throughput_inputs_fail_before_any_request(tmp_path: Path, endpoint: int, extra: dict,
-                                                       message: str) -> None:
-    output = run(tmp_path, endpoint, "llm_throughput", **extra)
-    assert message in output, output[-3000:]
-    assert Recorder.seen == []
-
-
-@pytest.mark.parametrize("role", ["llm_smoke", "llm_throughput"])
-@pytest.mark.parametrize("key", ["check-key\n", "check-key\nX-Injected: 1", "check key", "k" * 513])
-def test_a_bad_api_key_fails_before_any_request_and_is_never_printed(tmp_path: Path, endpoint: int, role: str,
-                                                                    key: str) -> None:
-    output = run(tmp_path, endpoint, role, **{f"{role}_api_key": key})
-    assert KEY_MESSAGE.format(f"{role}_api_key") in output, output[-3000:]
-    assert "check-key" not in output and "check key" not in output and "k" * 513 not in output
-    assert Recorder.seen == []
-
-
-def test_a_bad_shared_api_key_fails_in_llm_defaults(tmp_path: Path, endpoint: int) -> None:
-    output = run(tmp_path, endpoint, "llm_smoke", llm_stack_api_key="shared-key\n")
-    assert KEY_MESSAGE.format("llm_stack_api_key") in output, output[-3000:]
-    assert "shared-key" not in output
-    assert Recorder.seen == []
-
+KEYS = ["check-key\n", "check-key\nX-Injected: 1", "check key", "k" * 513]
 
 THROUGHPUT_RUN = [
     ({"llm_throughput_run": "sometimes"}, "value of llm_throughput_run must be one of: auto, always, never"),
@@ -159,13 +135,61 @@ ROLLOUT = [
     ({"llm_rollout_run": "../x"}, "llm_rollout_run must be a run id of letters, digits"),
 ]
 
+# Every case: (host, role, variables, message). The rollout cases run apart: their test also asks that no report
+# directory was written, which the run's other roles are free to do.
+CHECK_CASES = ([(f"smoke-{i}", "llm_smoke", extra, message) for i, (extra, message) in enumerate(SMOKE)]
+               + [(f"throughput-{i}", "llm_throughput", extra, message)
+                  for i, (extra, message) in enumerate(THROUGHPUT)]
+               + [(f"key-{role}-{i}", role, {f"{role}_api_key": key}, KEY_MESSAGE.format(f"{role}_api_key"))
+                  for role in ("llm_smoke", "llm_throughput") for i, key in enumerate(KEYS)]
+               + [("shared-api-key", "llm_smoke", {"llm_stack_api_key": "shared-key\n"},
+                   KEY_MESSAGE.format("llm_stack_api_key"))])
+ROLLOUT_CASES = [(f"rollout-{i}", "llm_throughput" if "llm_throughput_run" in extra else "llm_rollout",
+                  {"llm_rollout_run": "inputs-test", **extra}, message)
+                 for i, (extra, message) in enumerate(THROUGHPUT_RUN + ROLLOUT)]
 
-@pytest.mark.parametrize(("extra", "message"), THROUGHPUT_RUN + ROLLOUT)
-def test_bad_rollout_inputs_fail_before_anything_changes(tmp_path: Path, endpoint: int, extra: dict,
-                                                         message: str) -> None:
-    role = "llm_throughput" if "llm_throughput_run" in extra else "llm_rollout"
-    output = run(tmp_path, endpoint, role, **{"llm_rollout_run": "inputs-test", **extra})
-    assert message in output, output[-3000:]
-    assert Recorder.seen == []
+
+def run_all(work: Path, cases: list[tuple[str, str, dict, str]]) -> tuple[Cases, dict[str, list[str]]]:
+    with recorders(len(cases)) as servers:
+        runs = run_cases(work, "check_inputs.yml",
+                         {host: case_vars(server, role, **extra)
+                          for (host, role, extra, _), server in zip(cases, servers, strict=True)})
+        return runs, {host: server.seen for (host, *_), server in zip(cases, servers, strict=True)}  # type: ignore[attr-defined]
+
+
+@pytest.fixture(scope="module")
+def check_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Cases, dict[str, list[str]]]:
+    return run_all(tmp_path_factory.mktemp("check-inputs"), CHECK_CASES)
+
+
+@pytest.fixture(scope="module")
+def rollout_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Cases, dict[str, list[str]], Path]:
+    work = tmp_path_factory.mktemp("rollout-inputs")
+    return (*run_all(work, ROLLOUT_CASES), work)
+
+
+@pytest.mark.parametrize(("host", "role", "extra", "message"), CHECK_CASES, ids=[case[0] for case in CHECK_CASES])
+def test_bad_check_inputs_fail_before_any_request(check_runs: tuple[Cases, dict[str, list[str]]], host: str,
+                                                  role: str, extra: dict, message: str) -> None:
+    runs, seen = check_runs
+    assert host in runs.failed, runs.hosts[host][-3000:]
+    assert message in runs.hosts[host], runs.hosts[host][-3000:]
+    assert seen[host] == []
+
+
+@pytest.mark.parametrize("fragment", ["check-key", "check key", "k" * 513, "shared-key"])
+def test_a_bad_api_key_is_never_printed(check_runs: tuple[Cases, dict[str, list[str]]], fragment: str) -> None:
+    # Anywhere in the run: a key given to one case must not show in another's lines either.
+    runs, _ = check_runs
+    assert fragment not in runs.output
+
+
+@pytest.mark.parametrize(("host", "role", "extra", "message"), ROLLOUT_CASES, ids=[case[0] for case in ROLLOUT_CASES])
+def test_bad_rollout_inputs_fail_before_anything_changes(rollout_runs: tuple[Cases, dict[str, list[str]], Path],
+                                                         host: str, role: str, extra: dict, message: str) -> None:
+    runs, seen, work = rollout_runs
+    assert host in runs.failed, runs.hosts[host][-3000:]
+    assert message in runs.hosts[host], runs.hosts[host][-3000:]
+    assert seen[host] == []
     # No row, table or report was written (and the secret in a refused URL is not the point of a message).
-    assert not (tmp_path / "reports").exists()
+    assert not (work / "reports").exists()

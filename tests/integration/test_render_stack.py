@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.llm_endpoints.core.plugins.module_utils.gpu_table import describe
-from llm_fixture import run_playbook
+from llm_fixture import Cases, run_cases, run_playbook
 
 # Simulated GPU facts, as preflight sets them: the PCI listing described from the collection's GPU table.
 RTX_5090 = {"pci_address": "0000:01:00.0", "vendor_id": "10de", "device_id": "2b85", "class": "030000",
@@ -326,18 +326,32 @@ BAD_INPUTS = [
 ]
 
 
-@pytest.mark.parametrize(("extra", "message"), BAD_INPUTS)
-def test_bad_inputs_fail_before_any_change(tmp_path: Path, extra: dict, message: str) -> None:
-    stack = tmp_path / "stack-never-created"
-    extra = {k: v.replace("STACK", str(stack)) if isinstance(v, str) else v for k, v in extra.items()}
-    variables = {"llm_stack_engine": "vllm", "llm_stack_dir": str(stack), "preflight_gpu_mode": "nvidia",
-                 "preflight_nvidia_gpus": [RTX_5090], "llm_stack_served_model_name": "m", **extra}
-    run = run_playbook(tmp_path, "stack.yml", variables)
-    assert run.rc != 0
-    assert message.replace("STACK", str(stack)) in run.output, run.output[-3000:]
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Cases, Path]:
+    """Every case of BAD_INPUTS as one host of one run (host case-<index>, its own llm_stack_dir)."""
+    work = tmp_path_factory.mktemp("bad-inputs")
+    cases = {}
+    for index, (extra, _) in enumerate(BAD_INPUTS):
+        stack = work / f"case-{index}" / "stack-never-created"
+        extra = {k: v.replace("STACK", str(stack)) if isinstance(v, str) else v for k, v in extra.items()}
+        cases[f"case-{index}"] = {"llm_stack_engine": "vllm", "llm_stack_dir": str(stack),
+                                  "preflight_gpu_mode": "nvidia", "preflight_nvidia_gpus": [RTX_5090],
+                                  "llm_stack_served_model_name": "m", **extra}
+    return run_cases(work, "stack.yml", cases), work
+
+
+@pytest.mark.parametrize(("index", "extra", "message"), [(i, *case) for i, case in enumerate(BAD_INPUTS)])
+def test_bad_inputs_fail_before_any_change(bad_input_runs: tuple[Cases, Path], index: int, extra: dict,
+                                           message: str) -> None:
+    runs, work = bad_input_runs
+    host, stack = f"case-{index}", work / f"case-{index}" / "stack-never-created"
+    output = runs.hosts[host]
+    assert host in runs.failed, output[-3000:]
+    assert message.replace("STACK", str(stack)).replace("localhost", host) in output, output[-3000:]
     assert not stack.exists()
+    # Nowhere in the run: not in this case's lines, nor in another's.
     for secret in (extra.get("llm_stack_api_key"), extra.get("llm_stack_hf_token")):
-        assert not secret or secret not in run.output
+        assert not secret or secret not in runs.output
 
 
 @pytest.mark.parametrize("key", ["render-test-key\nINJECTED=1", "render-test-key\n", "render-test-key\r"])
