@@ -16,7 +16,7 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 help:
 	@echo "make lab       create/reuse the local lab host and run site.yml against it"
 	@echo "make lab-down  remove the lab host"
-	@echo "make test      lint, syntax check, pytest and molecule test -s each of: $(MOLECULE_SCENARIOS) (what CI runs)"
+	@echo "make test      lint, syntax check, pytest and every molecule scenario (what CI runs; CONTRIBUTING.md)"
 	@echo "make bench     benchmarks that print figures (fidelity, client capacity, gateway overhead)"
 	@echo "make bench-fleet  idempotent converge on 1 and 8 lab hosts, linear and Mitogen: wall times, ratios, slowest roles (~20 min)"
 	@echo "make collection  build the collection artifact llm_endpoints.core into .cache/dist"
@@ -32,8 +32,9 @@ $(BIN)/.installed: requirements.txt
 
 venv: $(BIN)/.installed
 
-# Docker engine + local images (debootstrap, no registry); reused when present.
-images: venv
+# Docker engine + local images (debootstrap, no registry); reused when present. No Python environment needed: `make
+# test` builds them while the venv is made and the linters run.
+images:
 	scripts/ensure-docker.sh
 	scripts/ensure-compose.sh
 	scripts/build-images.sh
@@ -41,12 +42,12 @@ images: venv
 	scripts/ensure-docker.sh
 
 # The lab needs only the bookworm images (not trixie, the Fedora simulation or the vendor mirror).
-lab-images: venv
+lab-images:
 	scripts/ensure-docker.sh
 	SUITES=bookworm FEDORA_SIM=0 scripts/build-images.sh
 	scripts/ensure-docker.sh
 
-lab: lab-images
+lab: venv lab-images
 	$(BIN)/ansible-playbook playbooks/lab_host.yml
 	$(BIN)/ansible-playbook -i inventory/lab site.yml
 	$(BIN)/ansible-playbook -i inventory/lab playbooks/lab_summary.yml
@@ -73,18 +74,12 @@ PYTEST_WORKERS ?= 2
 unit: venv promtool
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadscope --durations=15 tests
 
-# Every scenario under molecule/ (as `molecule test --all`), one after another, each followed by the minutes it
-# took, so that a CI log says where molecule's time went.
-MOLECULE_SCENARIOS ?= $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml))
-molecule: images
-	@for s in $(MOLECULE_SCENARIOS); do \
-	  start=$$SECONDS; printf '\n--- molecule test -s %s ---\n' "$$s"; \
-	  rc=0; $(BIN)/molecule test -s "$$s" || rc=$$?; \
-	  line=$$(printf 'molecule %-9s %3d min %02d s, %s' "$$s" $$(((SECONDS - start) / 60)) $$(((SECONDS - start) % 60)) \
-	    "$$( [ $$rc = 0 ] && echo passed || echo FAILED)"); \
-	  printf '\n--- %s ---\n' "$$line"; mkdir -p .cache/state; echo "$$line" >> .cache/state/molecule-minutes; \
-	  [ $$rc = 0 ] || exit $$rc; \
-	done
+# Every scenario under molecule/ (as `molecule test --all`), in two lanes side by side (scripts/molecule.sh says
+# why), each scenario's log printed whole when it ends, with its minutes. MOLECULE_SCENARIOS="a b": only those, one
+# after another.
+MOLECULE_SCENARIOS ?=
+molecule: venv images
+	SCENARIOS="$(MOLECULE_SCENARIOS)" scripts/molecule.sh
 
 test:
 	scripts/run-tests.sh

@@ -14,8 +14,10 @@ end_step() {
     $(((SECONDS - step_start) / 60)) $(((SECONDS - step_start) % 60)))")
   step_name=""
 }
+checks_pid=""
 summary() {
   local rc=$?
+  [ -n "${checks_pid}" ] && kill "${checks_pid}" 2>/dev/null
   end_step
   [ "$started_here" = 1 ] && scripts/stop-docker.sh || true
   printf '\n=== minutes per step (%s) ===\n' "$([ "${rc}" = 0 ] && echo passed || echo "FAILED, exit ${rc}")"
@@ -49,13 +51,30 @@ logged() {
   return "${rc}"
 }
 mkdir -p .cache/state && rm -f .cache/state/molecule-minutes
-step "venv";            make --no-print-directory venv
-step "lint";            make --no-print-directory lint
-step "syntax";          make --no-print-directory syntax
-step "docker + compose"; scripts/ensure-docker.sh && scripts/ensure-compose.sh && scripts/ci-quiet-machine.sh
-step "images";          make --no-print-directory images
-step "chromium";        scripts/ensure-chromium.sh
-step "promtool";        scripts/ensure-promtool.sh
+# Set-up in two lanes side by side: the Python environment, the linters and the syntax check (a core) beside the Docker
+# engine, the images and the test tools (mostly waits on the Debian mirror). The first lane's output is printed when
+# both are done.
+step "set-up"
+checks_log=.cache/state/checks.log
+(
+  for target in venv lint syntax; do
+    start=${SECONDS}
+    make --no-print-directory "${target}"
+    printf -- '--- %s: %d s\n' "${target}" $((SECONDS - start))
+  done
+) >"${checks_log}" 2>&1 &
+checks_pid=$!
+scripts/ensure-docker.sh && scripts/ensure-compose.sh && scripts/ci-quiet-machine.sh
+make --no-print-directory images
+scripts/ensure-chromium.sh
+scripts/ensure-promtool.sh
+printf -- '--- docker, images, chromium, promtool: %d s\n' $((SECONDS - step_start))
+checks_rc=0
+wait "${checks_pid}" || checks_rc=$?
+checks_pid=""
+printf '\n=== venv, lint, syntax (beside the images; from %s) ===\n' "${checks_log}"
+cat "${checks_log}"
+[ "${checks_rc}" = 0 ] || { printf '\nvenv, lint or syntax failed (exit %s)\n' "${checks_rc}"; exit "${checks_rc}"; }
 step "pytest";          LLM_REQUIRE_BROWSER=1 logged pytest make --no-print-directory unit
 step "molecule";        logged molecule make --no-print-directory molecule
 end_step

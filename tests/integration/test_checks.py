@@ -63,7 +63,9 @@ def test_api_key_mismatch_fails_with_clear_message(engine: Engine, tmp_path: Pat
 
 
 def test_too_high_threshold_fails_with_measured_and_required(engine: Engine, tmp_path: Path) -> None:
-    run = run_checks(tmp_path, {**good_vars(engine, tmp_path), "llm_throughput_min_decode_tps": 100000})
+    # The floor is judged on the single-stream level: one level of two requests is enough to measure it.
+    run = run_checks(tmp_path, {**good_vars(engine, tmp_path), "llm_throughput_min_decode_tps": 100000,
+                                "llm_throughput_concurrency": [1], "llm_throughput_requests_per_level": 2})
     assert run.rc != 0
     assert "single-stream decode: measured" in run.output
     assert "required 100000 (llm_throughput_min_decode_tps" in run.output
@@ -77,7 +79,9 @@ def test_unknown_smoke_profile_fails_before_any_request(engine: Engine, tmp_path
 
 def test_report_fails_loudly_on_a_malformed_producer_fact(engine: Engine, tmp_path: Path) -> None:
     # As if llm_stack had renamed its deployment keys: the report names what is missing instead of printing n/a.
-    run = run_checks(tmp_path, {**good_vars(engine, tmp_path), "llm_stack_deployment": {"engine": "llamacpp_cpu"}})
+    # No benchmark (llm_throughput_run: never): the report judges the facts it is handed, measured or not.
+    run = run_checks(tmp_path, {**good_vars(engine, tmp_path), "llm_stack_deployment": {"engine": "llamacpp_cpu"},
+                                "llm_throughput_run": "never"})
     assert run.rc != 0
     assert "missing required arguments" in run.output and "found in llm_stack_deployment" in run.output
     assert "served_model_name" in run.output

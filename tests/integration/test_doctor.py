@@ -19,7 +19,8 @@ def doctor_json(report_dir: Path) -> dict:
 
 def test_doctor_reads_a_serving_host_and_its_last_report(engine: Engine, tmp_path: Path) -> None:
     variables = good_vars(engine, tmp_path)
-    assert run_checks(tmp_path, variables).rc == 0
+    # The last report is what the doctor reads here, not its figures: the checks run without their benchmark.
+    assert run_checks(tmp_path, {**variables, "llm_throughput_run": "never"}).rc == 0
     run = run_playbook(tmp_path, DOCTOR, variables)
     assert run.rc == 0, run.output[-3000:]
     [host] = doctor_json(run.report_dir)["hosts"]
