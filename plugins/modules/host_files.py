@@ -18,6 +18,7 @@ import tempfile
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.llm_endpoints.core.plugins.module_utils.host_paths import NotRegularFile, read_regular
 
 DOCUMENTATION = r"""
 module: host_files
@@ -33,6 +34,11 @@ description:
   - The parent directory of each file must exist or be one of I(directories); the task fails naming the file
     otherwise, before anything is written (in check mode a missing directory is one an earlier task would have made,
     so the file counts as new).
+  - A path of I(files) that holds anything but a regular file fails the task before anything is written, naming the
+    path and what it found (a symbolic link, a FIFO, a socket, a device; a directory, or a link to one). The
+    content there is never read (a FIFO would block the module, a link would put another file, perhaps a root-only
+    one, into the diff) and nothing is written through it. Remove it (or make it a regular file) to let the task
+    write the file.
   - A rewritten file keeps its SELinux context (a new one gets the policy's default for its path).
   - Supports check mode (reports what would change) and diff mode (a diff per changed text file). For a file of
     secrets, set C(no_log) on the task; the result then holds neither the contents (its C(invocation) names the
@@ -198,7 +204,7 @@ def _ids(entry: dict[str, Any]) -> tuple[int, int]:
     """Owner and group ids to give the file: as asked, else the existing file's, else -1 (as created)."""
     owner, group = entry["owner"], entry["group"]
     try:
-        old = os.stat(entry["path"])
+        old = os.lstat(entry["path"])  # a regular file (_read refused anything else): no link followed
     except OSError:
         old = None
     uid = int(owner) if owner and owner.isdigit() else _uid(owner) if owner else \
@@ -220,10 +226,10 @@ def _collapse(path: str) -> str:
 
 
 def _read(path: str) -> bytes | None:
-    """The file's bytes; None when there is none (or, in check mode, no parent directory yet)."""
+    """The file's bytes; None when there is none (or, in check mode, no parent directory yet). NotRegularFile for
+    anything else: a link is not followed, a FIFO not waited on."""
     try:
-        with open(path, "rb") as handle:
-            return handle.read()
+        return read_regular(path)[0]
     except (FileNotFoundError, NotADirectoryError):
         return None
 
@@ -291,10 +297,15 @@ def main() -> None:
     absent = [_collapse(path) for path in module.params["absent"]]
     problems = _problems(directories, files, absent, module.check_mode)
     befores: dict[str, bytes | None] = {}
-    for entry in files:
-        if not problems:
+    # Read only once the inputs are right, then every file, so that each path in the way is named at once.
+    inputs_ok = not problems
+    for i, entry in enumerate(files):
+        if inputs_ok:
             try:
                 befores[entry["path"]] = _read(entry["path"])
+            except NotRegularFile as err:
+                problems.append(f"files[{i}]: {entry['path']} is {err.kind}, not a regular file: host_files neither "
+                                f"reads nor writes through it; remove it to have the file written there")
             except OSError as err:
                 problems.append(f"{entry['path']} could not be read: {err.strerror}")
     # With no_log (a file of secrets) the result names the paths only: no contents in `invocation`, no diff.

@@ -11,6 +11,7 @@ import fcntl
 import hashlib
 import json
 import os
+import pwd
 import secrets
 import stat
 import time
@@ -20,14 +21,25 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.llm_endpoints.core.plugins.module_utils.host_lock import TASK_ARGS, problems, same_run
+from ansible_collections.llm_endpoints.core.plugins.module_utils.host_paths import NotRegularFile, kind_of, read_regular
 
 DOCUMENTATION = r"""
 module: llm_host_lock
 short_description: A host-level run lock, so two playbook runs against the same host do not interleave
 description:
   - I(state=present) takes the lock file I(path) for this run; it is created atomically (C(O_CREAT|O_EXCL), mode
-    0600, never through a symbolic link; the parent directory is created 0755) holding the JSON record
+    0600, never through a symbolic link; missing directories are created 0700) holding the JSON record
     C({controller, pid, pid_start, user, label, started, started_epoch}).
+  - Every read and change of the lock happens under an exclusive C(flock) of a guard file beside it,
+    C(.<lock name>.guard) (created 0600, opened without following a symbolic link, never removed), not of the
+    shared directory. Any local user can open a directory and C(flock) it, and so would block every run; no other
+    user can open a 0600 file of the user the task runs as.
+  - The lock's directory must be owned by root or by the user the task runs as, and writable by its owner only,
+    as anyone else who could write there could create, replace or hold the lock's files. An existing directory is
+    never changed (it may hold other things, such as C(/var/lib/llm-endpoints/metrics)); one that fails these
+    rules is refused, naming the directory, its owner and its mode. The guard file must be a regular file of the
+    user the task runs as, readable and writable by that user only; otherwise it is refused too (a guard that
+    another user could open may be held open by that user still). Remove it and the next run creates it again.
   - The run is identified by the control node's host name, the ansible-playbook main process's pid and that
     process's start time, which the action plugin of the same name computes on the controller. A lock of the same
     run is taken again without a change (later plays of a run take it again).
@@ -36,11 +48,11 @@ description:
     another control node is taken over once its lock is older than I(stale_after_s) (measured with the host's clock).
     I(break_lock) takes over any holder. Otherwise the task fails, naming the holder and what to do.
   - A takeover replaces the lock (a temporary file renamed over it) only if the lock still holds the record that was
-    judged (compare-and-swap under an exclusive C(flock) of the lock's directory), and warns, naming the previous
-    holder.
+    judged (compare-and-swap under the guard's exclusive C(flock)), and warns, naming the previous holder.
   - I(state=absent) removes the lock only when this run holds it; a lock of another run is left alone.
   - The lock is run bookkeeping, not managed state, so the task never reports C(changed). In check mode nothing is
-    written; I(state=present) still fails for a live holder of another run.
+    written (not even the guard file); I(state=present) still fails for a live holder of another run, and a
+    directory or guard file that breaks the rules above is still refused.
 options:
   state:
     description: C(present) takes the lock, C(absent) releases it.
@@ -48,7 +60,9 @@ options:
     choices: [present, absent]
     default: present
   path:
-    description: Absolute path of the lock file on the host (no spaces or line breaks; never a symbolic link).
+    description:
+      - Absolute path of the lock file on the host (no spaces or line breaks; never a symbolic link). Its directory
+        must be owned by root (or the user the task runs as) and not writable by group or others.
     type: str
     default: /var/lib/llm-endpoints/run.lock
   stale_after_s:
@@ -125,11 +139,20 @@ RECORD_TYPES: dict[str, tuple[type, ...]] = {
 
 
 class LockError(Exception):
-    """The lock path cannot be used (not a regular file, a symbolic link, a directory that cannot be made)."""
+    """The lock path cannot be used (not a regular file, a symbolic link, a directory that cannot be made or that
+    another user could write, a guard file another user could open)."""
+
+
+def who(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
+    except KeyError:
+        return f"uid {uid}"
 
 
 def make_parents(directory: str) -> None:
-    """Create the missing directories of `directory`, each 0755."""
+    """Create the missing directories of `directory`, each 0700 (whatever the umask): only their owner may use
+    them."""
     missing = []
     while not os.path.isdir(directory):
         if os.path.lexists(directory):
@@ -138,37 +161,105 @@ def make_parents(directory: str) -> None:
         directory = os.path.dirname(directory)
     for path in reversed(missing):
         try:
-            os.mkdir(path, 0o755)
+            os.mkdir(path, 0o700)
         except FileExistsError:
             continue
-        os.chmod(path, 0o755)
+        os.chmod(path, 0o700)
+
+
+def check_directory(dir_fd: int, directory: str) -> None:
+    """Refuse a lock directory that someone other than root or this task's user owns or could write: they could
+    create, replace or hold the lock's files. Never mended: it may be shared (/var/lib/llm-endpoints holds the
+    metrics too), and one that was open to others may hold files they planted."""
+    info = os.fstat(dir_fd)
+    me = os.geteuid()
+    if info.st_uid not in (0, me):
+        raise LockError(f"its directory {directory} is owned by {who(info.st_uid)}, not by root or by the user this "
+                        f"task runs as, {who(me)}: that user could replace or hold the lock. Give it to root "
+                        f"(chown root {directory}) or set host_lock_path to a file in a directory only root can write")
+    if info.st_mode & 0o022:
+        writers = " and ".join(w for bit, w in ((0o020, "its group"), (0o002, "all users")) if info.st_mode & bit)
+        raise LockError(f"its directory {directory} has mode {stat.S_IMODE(info.st_mode):04o}, writable by {writers}: "
+                        f"another user could create, replace or hold the lock's files. Make it writable by its owner "
+                        f"only (chmod go-w {directory}) or set host_lock_path to a file in a directory only root can "
+                        f"write")
+
+
+def guard_name(name: str) -> str:
+    """The guard beside the lock `name`: hidden, and apart from the temporary files of a takeover (.<name>.*.tmp)."""
+    return f".{name}.guard"
+
+
+def open_guard(dir_fd: int, directory: str, name: str, create: bool) -> int | None:
+    """The guard file beside the lock, opened (and created 0600 when `create`) without following a link or blocking
+    on a FIFO; None when it is missing and not to be created (check mode)."""
+    guard = guard_name(name)
+    path = os.path.join(directory, guard)
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    try:
+        fd = os.open(guard, flags, 0o600, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LockError(f"the guard file {path} is a symbolic link; remove it (rm {path}): the next run creates "
+                            f"it") from exc
+        raise
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise LockError(f"the guard file {path} is {kind_of(info.st_mode)}, not a regular file; remove it: the "
+                            f"next run creates it")
+        # A guard another user can open may be held open by them still: mending its mode would not stop that.
+        if info.st_uid != os.geteuid() or info.st_mode & 0o077:
+            raise LockError(f"the guard file {path} is owned by {who(info.st_uid)} with mode "
+                            f"{stat.S_IMODE(info.st_mode):04o}; it must be {who(os.geteuid())}'s, mode 0600, or "
+                            f"another user could hold it and block every run. Remove it (rm {path}): the next run "
+                            f"creates it 0600")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 @contextmanager
-def guarded(directory: str, create: bool) -> Iterator[int | None]:
-    """The lock's directory, opened and held under an exclusive flock for the whole operation (every change and
-    every read of this module happens under it, so a compare-and-swap sees no change between its read and its
-    rename); None when the directory does not exist and is not to be created."""
+def guarded(directory: str, name: str, make_dir: bool, make_guard: bool) -> Iterator[int | None]:
+    """The lock's directory, opened, while this process holds an exclusive flock of the guard file beside the lock
+    for the whole operation (every change and every read of this module happens under it, so a compare-and-swap sees
+    no change between its read and its rename); None when the directory does not exist and is not to be made.
+    A guard that is missing and not to be made (check mode writes nothing) leaves the lock to be read only."""
     if not os.path.isdir(directory):
-        if not create:
+        if not make_dir:
             yield None
             return
         make_parents(directory)
     dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        deadline = time.monotonic() + GUARD_WAIT_S
-        while True:
-            try:
-                fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError as exc:
-                if time.monotonic() > deadline:
-                    raise LockError(f"{directory} stayed flock()ed by another process for {GUARD_WAIT_S:.0f} s"
-                                    ) from exc
-                time.sleep(0.05)
-        yield dir_fd
+        check_directory(dir_fd, directory)
+        guard_fd = open_guard(dir_fd, directory, name, create=make_guard)
+        try:
+            if guard_fd is not None:
+                hold(guard_fd, os.path.join(directory, guard_name(name)))
+            yield dir_fd
+        finally:
+            if guard_fd is not None:
+                os.close(guard_fd)
     finally:
         os.close(dir_fd)
+
+
+def hold(guard_fd: int, guard: str) -> None:
+    """An exclusive flock of the guard, waited for a bounded time (another run's module call holds it briefly)."""
+    deadline = time.monotonic() + GUARD_WAIT_S
+    while True:
+        try:
+            fcntl.flock(guard_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError as exc:
+            if time.monotonic() > deadline:
+                raise LockError(f"the guard file {guard} stayed flock()ed by another run for {GUARD_WAIT_S:.0f} s"
+                                ) from exc
+            time.sleep(0.05)
 
 
 def utc(epoch: float) -> str:
@@ -196,23 +287,12 @@ def read_lock(dir_fd: int | None, name: str, path: str) -> tuple[dict[str, Any],
     if dir_fd is None:
         return None
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        raw, info = read_regular(name, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise LockError(f"{path} is a symbolic link; a lock file is never followed through one") from exc
-        raise
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise LockError(f"{path} exists and is not a regular file")
-        chunks = []
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    raw = b"".join(chunks)
+    except NotRegularFile as exc:
+        raise LockError(f"{path} is {exc.kind}, not a regular file; a lock file is never read or written through a "
+                        f"link") from exc
     return parse(raw, info.st_mtime), hashlib.sha256(raw).hexdigest()
 
 
@@ -274,7 +354,7 @@ def age_of(record: dict[str, Any]) -> float:
 def acquire(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     path, holder, takeover = params["path"], params["holder"], params["takeover"]
     directory, name = os.path.split(path)
-    with guarded(directory, create=not check_mode) as dir_fd:
+    with guarded(directory, name, make_dir=not check_mode, make_guard=not check_mode) as dir_fd:
         found = read_lock(dir_fd, name, path)
         if found is None:
             if check_mode:
@@ -299,7 +379,7 @@ def acquire(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
 def release(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     path, holder = params["path"], params["holder"]
     directory, name = os.path.split(path)
-    with guarded(directory, create=False) as dir_fd:
+    with guarded(directory, name, make_dir=False, make_guard=not check_mode) as dir_fd:
         found = read_lock(dir_fd, name, path)
         if found is None:
             return {"status": "not_held", "lock": None, "msg": f"{path}: no lock to release"}

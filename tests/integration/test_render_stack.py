@@ -99,13 +99,20 @@ def test_vllm_on_h100_leaves_attention_to_vllm_and_selects_gpus(tmp_path: Path) 
     assert arg(engine["command"], "--max-model-len") == "131072"
 
 
-def test_cdi_device_names_and_extra_args(tmp_path: Path) -> None:
+def test_cdi_device_names_extra_args_and_a_local_model(tmp_path: Path) -> None:
+    weights = tmp_path / "weights"  # a model directory on the host passes the check (its config file is there)
+    weights.mkdir()
+    (weights / "config.json").write_text("{}")
     engine, _, _ = render(tmp_path, RTX_5090, llm_stack_gpu_cdi=True,
-                          llm_stack_vllm_extra_args=["--max-num-seqs", "64"])
+                          llm_stack_vllm_extra_args=["--max-num-seqs", "64"],
+                          llm_stack_vllm_model_source="local", llm_stack_vllm_model_path=str(weights))
     assert engine["devices"] == [{"source": "nvidia.com/gpu=all", "target": "nvidia.com/gpu=all",
                                   "permissions": "rwm"}]
     assert "deploy" not in engine
     assert engine["command"][-2:] == ["--max-num-seqs", "64"]
+    assert arg(engine["command"], "--model") == "/models/model" and "--revision" not in engine["command"]
+    [model] = [v for v in engine["volumes"] if v["target"] == "/models/model"]
+    assert (model["source"], model["read_only"]) == (str(weights), True)
 
 
 def test_older_vllm_gets_the_older_backend_name(tmp_path: Path) -> None:
@@ -240,6 +247,15 @@ BAD_INPUTS = [
      PATH.format("llm_stack_vllm_model_path", '"STACK/../weights"')),
     ({"llm_stack_vllm_model_source": "local", "llm_stack_vllm_model_path": ""},
      PATH.format("llm_stack_vllm_model_path", '""')),
+    # A local model's directory is on the host with a model's config file in it (WORK: the batch's directory).
+    ({"llm_stack_vllm_model_source": "local", "llm_stack_vllm_model_path": "STACK-weights"},
+     "llm_stack_vllm_model_path STACK-weights does not exist on localhost. With llm_stack_vllm_model_source local, "
+     "vLLM loads the model from that host directory"),
+    ({"llm_stack_vllm_model_source": "local", "llm_stack_vllm_model_path": "/proc/version"},
+     "llm_stack_vllm_model_path /proc/version is not a directory on localhost."),
+    ({"llm_stack_vllm_model_source": "local", "llm_stack_vllm_model_path": "WORK/empty-weights"},
+     "llm_stack_vllm_model_path WORK/empty-weights holds neither config.json nor params.json (an empty directory is "
+     "what Docker leaves where a missing path was mounted) on localhost."),
     ({**LLAMACPP_CUDA, "llm_stack_llamacpp_gguf_dir": "gguf"}, PATH.format("llm_stack_llamacpp_gguf_dir", '"gguf"')),
     # Counts, sizes and durations: whole numbers in range.
     ({"llm_stack_health_retries": 0}, "llm_stack_health_retries must be a whole number from 1 to 1000; got 0."),
@@ -330,10 +346,12 @@ BAD_INPUTS = [
 def bad_input_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Cases, Path]:
     """Every case of BAD_INPUTS as one host of one run (host case-<index>, its own llm_stack_dir)."""
     work = tmp_path_factory.mktemp("bad-inputs")
+    (work / "empty-weights").mkdir()
     cases = {}
     for index, (extra, _) in enumerate(BAD_INPUTS):
         stack = work / f"case-{index}" / "stack-never-created"
-        extra = {k: v.replace("STACK", str(stack)) if isinstance(v, str) else v for k, v in extra.items()}
+        extra = {k: v.replace("STACK", str(stack)).replace("WORK", str(work)) if isinstance(v, str) else v
+                 for k, v in extra.items()}
         cases[f"case-{index}"] = {"llm_stack_engine": "vllm", "llm_stack_dir": str(stack),
                                   "preflight_gpu_mode": "nvidia", "preflight_nvidia_gpus": [RTX_5090],
                                   "llm_stack_served_model_name": "m", **extra}
@@ -347,7 +365,8 @@ def test_bad_inputs_fail_before_any_change(bad_input_runs: tuple[Cases, Path], i
     host, stack = f"case-{index}", work / f"case-{index}" / "stack-never-created"
     output = runs.hosts[host]
     assert host in runs.failed, output[-3000:]
-    assert message.replace("STACK", str(stack)).replace("localhost", host) in output, output[-3000:]
+    assert message.replace("STACK", str(stack)).replace("WORK", str(work)).replace("localhost", host) in output, \
+        output[-3000:]
     assert not stack.exists()
     # Nowhere in the run: not in this case's lines, nor in another's.
     for secret in (extra.get("llm_stack_api_key"), extra.get("llm_stack_hf_token")):

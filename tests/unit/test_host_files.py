@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -216,3 +219,53 @@ def test_a_link_to_a_directory_is_followed_and_stays_unchanged(tmp_path: Path, c
     assert run(capsys, **args)["changed_paths"] == [str(tmp_path / "metrics")]
     assert mode_of(tmp_path / "disk" / "metrics") == 0o750 and (tmp_path / "metrics").is_symlink()
     assert run(capsys, **args)["changed_paths"] == []
+
+
+@contextmanager
+def at_most(seconds: int) -> Iterator[None]:
+    """A regression that blocks (opening a FIFO waits for a writer) fails the test instead of hanging the run."""
+    def expire(*_: object) -> None:
+        raise TimeoutError(f"host_files still ran after {seconds} s")
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def special(kind: str, path: Path) -> None:
+    if kind == "a FIFO":
+        os.mkfifo(path, 0o644)
+    else:  # the null device's numbers, under another name
+        os.mknod(path, 0o644 | stat.S_IFCHR, os.makedev(1, 3))
+
+
+@pytest.mark.parametrize("kind", ["a FIFO", "a character device"])
+def test_a_fifo_or_device_at_a_file_path_fails_fast_and_is_left_alone(tmp_path: Path, capsys: Cap, kind: str) -> None:
+    if kind != "a FIFO" and os.getuid() != 0:
+        pytest.skip("making a device node needs root (CI runs as root)")
+    special(kind, tmp_path / "planted")
+    with at_most(5):
+        result = run(capsys, diff=True, files=[entry(tmp_path / "first", "1\n"), entry(tmp_path / "planted", "x\n")])
+    assert result.get("failed") and result["changed_paths"] == []
+    assert (f"files[1]: {tmp_path / 'planted'} is {kind}, not a regular file: host_files neither reads nor writes "
+            "through it") in result["msg"]
+    assert not (tmp_path / "first").exists()
+    assert stat.S_ISFIFO((tmp_path / "planted").lstat().st_mode) == (kind == "a FIFO")
+
+
+@pytest.mark.parametrize("check", [False, True])
+def test_a_link_to_a_secret_is_refused_and_its_content_never_shown(tmp_path: Path, capsys: Cap, check: bool) -> None:
+    secret = tmp_path / "shadow"
+    secret.write_text("root:$6$top-secret-hash:19000::::::\n")
+    secret.chmod(0o600)
+    (tmp_path / "app.conf").symlink_to(secret)
+    result = run(capsys, check=check, diff=True, files=[entry(tmp_path / "app.conf", "a=1\n")])
+    assert result.get("failed") and result["changed_paths"] == []
+    assert f"files[0]: {tmp_path / 'app.conf'} is a symbolic link, not a regular file" in result["msg"]
+    assert "top-secret-hash" not in json.dumps(result)
+    # Nothing written through the link, nor over it.
+    assert (tmp_path / "app.conf").is_symlink() and secret.read_text().startswith("root:$6$top-secret-hash")
+    assert mode_of(secret) == 0o600
