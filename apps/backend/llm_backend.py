@@ -20,11 +20,13 @@ import logging
 import math
 import os
 import re
+import resource
+import signal
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,7 +48,9 @@ from prometheus_client import (
     generate_latest,
 )
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 # httpcore tries `import sniffio` several times per request; sniffio is not in the image, and a failed import
 # searches sys.path every time (~0.1 ms each, over half a millisecond per request). A None entry makes the
@@ -57,7 +61,7 @@ if importlib.util.find_spec("sniffio") is None:
 ENV_PREFIX = "LLM_BACKEND_"
 KEY_ID = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 SHA256_HEX = re.compile(r"[0-9a-f]{64}")
-KEY_FIELDS = {"id", "sha256", "rate_limit", "max_streams"}
+KEY_FIELDS = {"id", "sha256", "rate_limit", "max_streams", "enabled", "max_n", "max_tokens", "max_messages"}
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 ACCESS_LOGGER = "llm_backend.access"
 # The engine's usage event is the only SSE event the gateway parses; this is how it spots it.
@@ -73,6 +77,9 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 TTFB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 ROUTE_CHAT = "/v1/chat/completions"
 ROUTE_MODELS = "/v1/models"
+ROUTE_COMPLETIONS = "/v1/completions"
+ROUTE_RESPONSES = "/v1/responses"
+ROUTE_EMBEDDINGS = "/v1/embeddings"
 # A stream's reader waits for the client writer once this many chunks are pending (ClientWriter).
 MAX_BATCH = 64
 # /v1/models is a listing the engine answers at once, busy or not: one that has said nothing for this long (or for
@@ -83,6 +90,12 @@ MODELS_TIMEOUT_S = 10.0
 MODELS_TTL_S = 60.0
 OTHER_MODEL = "other"
 DEFAULT_MAX_BODY_BYTES = 4 << 20
+DEFAULT_MAX_RESPONSE_BYTES = 64 << 20
+# How often the keys file is looked at for a change (SIGHUP reads it at once).
+KEYS_POLL_S = 2.0
+# The container's own healthcheck connects from here: never refused by the connection cap, so /health answers
+# while the cap is reached (the watchdog would otherwise restart the backend, cutting every stream).
+LOOPBACK = frozenset({"127.0.0.1", "::1"})
 SSE_HEADERS = [(b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
 
 
@@ -92,12 +105,22 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class Caps:
+    """What one request may ask of the engine: choices (`n`), tokens to generate, messages (or inputs)."""
+    n: int = 16
+    tokens: int = 131_072
+    messages: int = 2048
+
+
+@dataclass(frozen=True)
 class ApiKey:
     id: str
     digest: bytes  # sha256 of the key itself; the key is never stored
     rate_limit: str
     windows: tuple[tuple[int, float], ...]  # (requests, seconds) of each limit in rate_limit
     max_streams: int
+    caps: Caps = Caps()
+    enabled: bool = True
 
 
 @dataclass(frozen=True)
@@ -114,6 +137,16 @@ class Settings:
     host: str = "0.0.0.0"
     port: int = 8080
     log_level: str = "info"
+    keys_file: str = ""
+    caps: Caps = Caps()
+    metrics_token: str = ""
+    max_in_flight: int = 256
+    max_connections: int = 1000
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 60.0
+    request_timeout_s: float = 1800.0
+    send_timeout_s: float = 60.0
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
 
 def parse_rate(where: str, text: str) -> tuple[RateLimitItem, ...]:
@@ -168,7 +201,7 @@ def parse_upstream_url(where: str, text: str) -> str:
     return f"{parts.scheme}://{parts.netloc}{path}"
 
 
-def parse_key(where: str, entry: object, default_rate: str, default_streams: int) -> ApiKey:
+def parse_key(where: str, entry: object, default_rate: str, default_streams: int, default_caps: Caps) -> ApiKey:
     if not isinstance(entry, dict):
         raise ConfigError(f"{where}: must be an object with id and sha256")
     unknown = sorted(set(entry) - KEY_FIELDS)
@@ -187,11 +220,22 @@ def parse_key(where: str, entry: object, default_rate: str, default_streams: int
         raise ConfigError(f"{where} ({key_id}): rate_limit must be a string such as '60/minute'")
     items = parse_rate(f"{where} ({key_id}) rate_limit", rate)
     streams = parse_int(f"{where} ({key_id}) max_streams", entry.get("max_streams", default_streams), 1, 10_000)
+    caps = Caps(*(parse_int(f"{where} ({key_id}) {field}", entry.get(field, default), 1, high)
+                  for field, default, high in caps_fields(default_caps)))
+    enabled = entry.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{where} ({key_id}): enabled must be true or false")
     return ApiKey(key_id, bytes.fromhex(digest), rate, tuple((item.amount, item.get_expiry()) for item in items),
-                  streams)
+                  streams, caps, enabled)
 
 
-def load_keys(path: str, default_rate: str, default_streams: int) -> tuple[ApiKey, ...]:
+def caps_fields(caps: Caps) -> tuple[tuple[str, int, int], ...]:
+    """(name, value, highest) of each cap, named as in a key's entry (the settings add MAX_ and upper-case)."""
+    return (("max_n", caps.n, 1024), ("max_tokens", caps.tokens, 10_000_000),
+            ("max_messages", caps.messages, 1_000_000))
+
+
+def load_keys(path: str, default_rate: str, default_streams: int, default_caps: Caps = Caps()) -> tuple[ApiKey, ...]:
     var = ENV_PREFIX + "KEYS_FILE"
     try:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -206,11 +250,13 @@ def load_keys(path: str, default_rate: str, default_streams: int) -> tuple[ApiKe
     keys: list[ApiKey] = []
     for index, entry in enumerate(document["keys"]):
         where = f"{var}: {path} keys[{index}]"
-        key = parse_key(where, entry, default_rate, default_streams)
+        key = parse_key(where, entry, default_rate, default_streams, default_caps)
         if any(other.id == key.id for other in keys):
             raise ConfigError(f"{where}: id {key.id!r} is used twice; ids must be unique")
-        if any(other.digest == key.digest for other in keys):
-            raise ConfigError(f"{where} ({key.id}): the same sha256 is listed twice; each key needs its own entry")
+        for other in keys:
+            if other.digest == key.digest:
+                raise ConfigError(f"{where} ({key.id}): the same sha256 is listed under ids {other.id!r} and "
+                                  f"{key.id!r}; each key needs its own entry")
         keys.append(key)
     return tuple(keys)
 
@@ -246,25 +292,53 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
     level = (level or "info").lower()
     if level not in LOG_LEVELS:
         raise ConfigError(f"{name}: {level!r} is not one of {', '.join(LOG_LEVELS)}")
+    name, metrics_token = var("METRICS_TOKEN")
+    if metrics_token and (len(metrics_token) < 16 or not all(33 <= ord(char) <= 126 for char in metrics_token)):
+        raise ConfigError(f"{name}: must be 16 or more printable ASCII characters without spaces "
+                          "(the value is not shown)")
+    numbers = {}
+    for suffix, default, low, high in (("MAX_IN_FLIGHT", 256, 1, 100_000), ("MAX_CONNECTIONS", 1000, 16, 1_000_000),
+                                       ("MAX_RESPONSE_BYTES", DEFAULT_MAX_RESPONSE_BYTES, 1024, 1 << 34)):
+        name, text = var(suffix)
+        numbers[suffix] = parse_int(name, text or str(default), low, high)
+    caps = Caps(*(parse_int(var(field.upper())[0], var(field.upper())[1] or str(default), 1, high)
+                  for field, default, high in caps_fields(Caps())))
+    for suffix, default, high in (("HEADER_TIMEOUT_S", "10", 600), ("BODY_TIMEOUT_S", "60", 3600),
+                                  ("REQUEST_TIMEOUT_S", "1800", 604_800), ("SEND_TIMEOUT_S", "60", 3600)):
+        name, text = var(suffix)
+        timeouts.append(parse_seconds(name, text or default, high))
     name, keys_file = var("KEYS_FILE")
     if not keys_file:
         raise ConfigError(f'{name} is required: a JSON file {{"keys": [{{"id": ..., "sha256": ...}}]}}')
-    keys = load_keys(keys_file, rate, max_streams)
+    keys = load_keys(keys_file, rate, max_streams, caps)
     return Settings(upstream_url=upstream_url, keys=keys, upstream_api_key=upstream_key, rate_limit=rate,
                     max_streams=max_streams, connect_timeout_s=timeouts[0], read_timeout_s=timeouts[1],
                     health_timeout_s=timeouts[2], max_body_bytes=max_body_bytes, host=host or "0.0.0.0", port=port,
-                    log_level=level)
+                    log_level=level, keys_file=keys_file, caps=caps, metrics_token=metrics_token,
+                    max_in_flight=numbers["MAX_IN_FLIGHT"], max_connections=numbers["MAX_CONNECTIONS"],
+                    header_timeout_s=timeouts[3], body_timeout_s=timeouts[4], request_timeout_s=timeouts[5],
+                    send_timeout_s=timeouts[6], max_response_bytes=numbers["MAX_RESPONSE_BYTES"])
 
 
 # ------------------------------------------------------------------------------------------------------- errors
-def error_body(message: str, type_: str, code: str) -> bytes:
+def error_body(message: str, type_: str, code: str, param: str | None = None) -> bytes:
     """OpenAI's error shape, which OpenAI client libraries turn into their exceptions."""
-    return json.dumps({"error": {"message": message, "type": type_, "param": None, "code": code}}).encode()
+    return json.dumps({"error": {"message": message, "type": type_, "param": param, "code": code}}).encode()
 
 
 def error_response(status: int, message: str, type_: str, code: str,
-                   headers: Mapping[str, str] | None = None) -> Response:
-    return Response(error_body(message, type_, code), status, headers, media_type="application/json")
+                   headers: Mapping[str, str] | None = None, param: str | None = None) -> Response:
+    return Response(error_body(message, type_, code, param), status, headers, media_type="application/json")
+
+
+def invalid(param: str, message: str, code: str) -> Response:
+    """A 400 naming the request's field, as OpenAI answers one."""
+    return error_response(400, message, "invalid_request_error", code, param=param)
+
+
+def loggable(text: str) -> str:
+    """The text with what UTF-8 cannot encode (a lone surrogate a client sent) replaced: a log line must be written."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def engine_fault(status: int) -> bool:
@@ -294,28 +368,59 @@ class Metrics:
         self.ttfb = Histogram("llm_backend_time_to_first_byte_seconds", "Time from request arrival to the first "
                               "byte of the engine's answer passed on.", ["route", "stream"], buckets=TTFB_BUCKETS,
                               registry=reg)
-        self.in_flight = Gauge("llm_backend_in_flight_requests", "Chat completions being answered, by key id.",
-                               ["key_id"], registry=reg)
+        self.in_flight = Gauge("llm_backend_in_flight_requests", "Engine requests (chat, completions, responses, "
+                               "embeddings) being answered, by key id.", ["key_id"], registry=reg)
         self.rate_limited = Counter("llm_backend_rate_limited", "Requests refused with 429, by key id and limit "
                                     "(rate or concurrency).", ["key_id", "limit"], registry=reg)
         self.upstream_errors = Counter("llm_backend_upstream_errors", "Engine failures, by reason (connect, timeout, "
-                                       "status_5xx, auth, stream_interrupted).", ["reason"], registry=reg)
+                                       "status_5xx, auth, stream_interrupted, too_large).", ["reason"], registry=reg)
+        self.upstream_retries = Counter("llm_backend_upstream_retries", "Requests sent to the engine a second "
+                                        "time, on a fresh connection, after a pooled one was found closed before "
+                                        "any byte of the answer.", registry=reg)
+        self.busy = Counter("llm_backend_busy", "Requests refused with 503 because the host's in-flight limit "
+                            "(LLM_BACKEND_MAX_IN_FLIGHT) was reached.", registry=reg)
+        self.deadlines = Counter("llm_backend_deadlines", "Requests ended by a deadline, by kind (request: the total "
+                                 "deadline; send: the client did not take the answer).", ["kind"], registry=reg)
+        self.connections = Gauge("llm_backend_open_connections", "Client connections open.", registry=reg)
+        self.connections_closed = Counter("llm_backend_connections_closed", "Client connections closed by the "
+                                          "gateway, by reason (header_timeout, connection_limit).", ["reason"],
+                                          registry=reg)
+        self.keys_reloads = Counter("llm_backend_keys_reloads", "Readings of a changed keys file, by result (ok, "
+                                    "error: the keys in use are kept).", ["result"], registry=reg)
+        self.keys_loaded = Gauge("llm_backend_keys", "Keys in use, by state (enabled, disabled).", ["state"],
+                                 registry=reg)
         self.engine_up = Gauge("llm_backend_engine_up", "1 when the last /health probe found the engine healthy.",
                                registry=reg)
 
 
 # ------------------------------------------------------------------------------------------- keys and limits
 class Gate:
-    """Who is calling (constant-time key check) and whether they may, now (rate and concurrency per key).
+    """Who is calling (constant-time key check) and whether they may, now (rate and concurrency per key, and the
+    host's in-flight limit over all keys).
 
     The rate is a moving window, as limits' MovingWindowRateLimiter counts it, kept here as the times of the
     requests inside each window: limits' MemoryStorage starts a thread to expire entries whenever its last one
     has ended (10 ms), which costs over a millisecond per request at a modest request rate."""
 
-    def __init__(self, keys: tuple[ApiKey, ...]) -> None:
-        self.keys = keys
-        self.hits = {key.id: tuple(deque() for _ in key.windows) for key in keys}
-        self.active = dict.fromkeys((key.id for key in keys), 0)
+    def __init__(self, keys: tuple[ApiKey, ...], max_in_flight: int = 1_000_000) -> None:
+        self.max_in_flight = max_in_flight
+        self.in_flight = 0
+        self.keys: tuple[ApiKey, ...] = ()
+        self.hits: dict[str, tuple[deque, ...]] = {}
+        self.active: dict[str, int] = {}
+        self.replace(keys)
+
+    def replace(self, keys: tuple[ApiKey, ...]) -> None:
+        """New keys (a reloaded file): a key id kept keeps its requests in the window and its requests in flight,
+        which end as they would have; a removed or disabled key admits nothing more from now on."""
+        hits = {}
+        for key in keys:
+            old = self.hits.get(key.id)
+            kept = next((other for other in self.keys if other.id == key.id), None)
+            hits[key.id] = old if old is not None and kept is not None and kept.windows == key.windows \
+                else tuple(deque() for _ in key.windows)
+            self.active.setdefault(key.id, 0)
+        self.keys, self.hits = keys, hits
 
     def authenticate(self, authorization: str | None) -> ApiKey | None:
         """Compares the presented key's hash with every stored hash, without stopping at a match, so the time
@@ -344,17 +449,23 @@ class Gate:
         return None
 
     def count(self, key: ApiKey, now: float) -> None:
-        for times in self.hits[key.id]:
+        hits = self.hits.get(key.id)
+        for times in hits or ():
             times.append(now)
 
+    def busy(self) -> bool:
+        return self.in_flight >= self.max_in_flight
+
     def acquire(self, key: ApiKey) -> bool:
-        if self.active[key.id] >= key.max_streams:
+        if self.active.get(key.id, 0) >= key.max_streams:
             return False
-        self.active[key.id] += 1
+        self.active[key.id] = self.active.get(key.id, 0) + 1
+        self.in_flight += 1
         return True
 
     def release(self, key: ApiKey) -> None:
         self.active[key.id] -= 1
+        self.in_flight -= 1
 
 
 # ----------------------------------------------------------------------------------------------- usage scanner
@@ -393,18 +504,95 @@ class UsageScanner:
             self.read_usage(event)
 
     def read_usage(self, document: dict) -> None:
+        """Chat, completions and embeddings carry `usage` at the top; the Responses API in `response` (its
+        `response.completed` event, or a whole answer), with input and output tokens."""
+        if not isinstance(document.get("usage"), dict) and isinstance(document.get("response"), dict):
+            document = document["response"]
         usage = document.get("usage")
         if not isinstance(usage, dict):
             return
-        for field in ("prompt_tokens", "completion_tokens"):
-            value = usage.get(field)
-            if isinstance(value, int) and not isinstance(value, bool):
-                setattr(self, field, value)
+        for field, names in (("prompt_tokens", ("prompt_tokens", "input_tokens")),
+                             ("completion_tokens", ("completion_tokens", "output_tokens"))):
+            for name in names:
+                value = usage.get(name)
+                if isinstance(value, int) and not isinstance(value, bool):
+                    setattr(self, field, value)
         if isinstance(document.get("model"), str):
             self.model = document["model"]
 
 
 # ----------------------------------------------------------------------------------------------------- requests
+@dataclass(frozen=True)
+class Route:
+    """An engine route the gateway passes on: what it checks and counts in a request to it."""
+
+    path: str
+    streams: bool  # "stream": true is streamed back as SSE
+    usage_option: bool  # stream_options.include_usage is asked for, so that a stream ends with its usage
+    has_n: bool  # "n" choices
+    token_fields: tuple[str, ...]  # capped by Caps.tokens
+    items_field: str  # capped by Caps.messages: the messages, or a batch of prompts or inputs
+    items_list: bool  # items_field must be an array when given (chat messages)
+
+
+ROUTES = {route.path: route for route in (
+    Route(ROUTE_CHAT, True, True, True, ("max_tokens", "max_completion_tokens"), "messages", True),
+    Route(ROUTE_COMPLETIONS, True, True, True, ("max_tokens",), "prompt", False),
+    Route(ROUTE_RESPONSES, True, False, False, ("max_output_tokens",), "input", False),
+    Route(ROUTE_EMBEDDINGS, False, False, False, (), "input", False),
+)}
+CAP_OF_FIELD = {"n": ("n", "max_n"), "max_tokens": ("tokens", "max_tokens"),
+                "max_completion_tokens": ("tokens", "max_tokens"), "max_output_tokens": ("tokens", "max_tokens")}
+
+
+def whole_number(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def items_in(value: object) -> int:
+    """How many prompts, inputs or messages a field holds: a list of token ids is one prompt, not many."""
+    if not isinstance(value, list):
+        return 1
+    return 1 if value and all(whole_number(item) for item in value) else len(value)
+
+
+def check_body(route: Route, body: dict, caps: Caps) -> Response | None:
+    """The OpenAI-style 400 for a field the gateway judges (those it acts on, and the caps); None when they are
+    fine. Everything else is the engine's to judge."""
+    if route.streams:
+        stream = body.get("stream")
+        if stream is not None and not isinstance(stream, bool):
+            return invalid("stream", f"stream must be true or false; got {json.dumps(stream)[:40]}", "invalid_type")
+        options = body.get("stream_options")
+        if options is not None and not isinstance(options, dict):
+            return invalid("stream_options", "stream_options must be an object", "invalid_type")
+        if isinstance(options, dict) and options.get("include_usage") is not None \
+                and not isinstance(options["include_usage"], bool):
+            return invalid("stream_options.include_usage", "stream_options.include_usage must be true or false",
+                           "invalid_type")
+    for field in (("n",) if route.has_n else ()) + route.token_fields:
+        value = body.get(field)
+        if value is None:
+            continue
+        cap_name, setting = CAP_OF_FIELD[field]
+        high = getattr(caps, cap_name)
+        if not whole_number(value):
+            return invalid(field, f"{field} must be a whole number; got {json.dumps(value)[:40]}", "invalid_type")
+        if value < 1:
+            return invalid(field, f"{field} must be 1 or more; got {value}", "integer_below_min_value")
+        if value > high:
+            return invalid(field, f"{field} is {value}; this key may ask for at most {high} "
+                           f"({setting} of the key, or {ENV_PREFIX}{setting.upper()})", "integer_above_max_value")
+    items = body.get(route.items_field)
+    if route.items_list and items is not None and not isinstance(items, list):
+        return invalid(route.items_field, f"{route.items_field} must be an array", "invalid_type")
+    if items is not None and items_in(items) > caps.messages:
+        return invalid(route.items_field, f"{route.items_field} holds {items_in(items)} items; this key may send at "
+                       f"most {caps.messages} (max_messages of the key, or {ENV_PREFIX}MAX_MESSAGES)",
+                       "array_above_max_length")
+    return None
+
+
 @dataclass(slots=True)
 class Exchange:
     """What the access log and the metrics record about one request; never a body, a key or a header."""
@@ -422,6 +610,10 @@ class Exchange:
     completion_tokens: int | None = None
     ttfb_s: float | None = None
     error: str | None = None
+
+
+class ClientStalled(Exception):
+    """The client took no more of the answer for the send timeout."""
 
 
 class ClientWriter:
@@ -478,16 +670,21 @@ class ClientWriter:
             await self.send({"type": "http.response.body", "body": body, "more_body": True})
 
 
-class ChatProxy(Response):
-    """The response to one admitted chat completion. The whole upstream exchange runs inside it, so a single
-    coroutine owns the upstream response from request to close, whatever ends it: the end of the stream, an
-    engine failure, or the client going away (a watcher task cancels the exchange on http.disconnect; leaving
-    `async with client.stream(...)` then closes the upstream connection and the engine stops generating)."""
+class EngineProxy(Response):
+    """The response to one admitted engine request. The whole upstream exchange runs inside it, so a single
+    coroutine owns the upstream response from request to close, whatever ends it: the end of the answer, an
+    engine failure, a deadline, or the client going away (a watcher task cancels the exchange on
+    http.disconnect; closing the upstream response then closes its connection and the engine stops generating).
 
-    def __init__(self, gateway: Gateway, exchange: Exchange, key: ApiKey, payload: bytes) -> None:
+    Two deadlines bound what a request holds (its key's slot, a place in the host's in-flight limit, the
+    engine's work): the request's total time, and the time one write to the client may wait for the client."""
+
+    def __init__(self, gateway: Gateway, exchange: Exchange, key: ApiKey, route: Route, payload: bytes) -> None:
         self.gateway = gateway
         self.exchange = exchange
         self.key = key
+        self.route = route
+        self.url = gateway.settings.upstream_url + route.path
         self.payload = payload
         self.started = False
         self.disconnected = False
@@ -498,9 +695,20 @@ class ChatProxy(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         task = asyncio.current_task()
         assert task is not None
+        gw = self.gateway
         watcher = asyncio.create_task(self.watch_disconnect(receive, task))
+        send = self.timed(send)
         try:
-            await (self.relay_stream(send) if self.exchange.stream else self.relay_whole(send))
+            async with asyncio.timeout(gw.settings.request_timeout_s):
+                await (self.relay_stream(send) if self.exchange.stream else self.relay_whole(send))
+        except TimeoutError:
+            gw.metrics.deadlines.labels("request").inc()
+            self.exchange.error = "request_timeout"
+            await self.end_late(send, f"the answer took longer than {gw.settings.request_timeout_s:g} s "
+                                f"({ENV_PREFIX}REQUEST_TIMEOUT_S)", "request_timeout", 504)
+        except ClientStalled:
+            gw.metrics.deadlines.labels("send").inc()
+            self.exchange.error = "client_send_timeout"
         except asyncio.CancelledError:
             # Only the watcher's own cancellation ends the request quietly; any other (shutdown) goes on.
             if not self.disconnected or task.uncancel() > 0:
@@ -508,7 +716,33 @@ class ChatProxy(Response):
             self.exchange.error = "client_disconnected"
         finally:
             watcher.cancel()
-            self.gateway.chat_done(self.exchange, self.key)
+            gw.engine_done(self.exchange, self.key)
+
+    def timed(self, send: Send) -> Send:
+        """`send`, which gives up when the client has taken nothing for the send timeout: a client that stops
+        reading would otherwise hold its slot (and the engine's work) for as long as it likes."""
+        limit = self.gateway.settings.send_timeout_s
+
+        async def timed_send(message: Any) -> None:
+            try:
+                async with asyncio.timeout(limit):
+                    await send(message)
+            except TimeoutError:
+                raise ClientStalled from None
+        return timed_send
+
+    async def end_late(self, send: Send, message: str, code: str, status: int) -> None:
+        """Ends a request a deadline cut: with an error status if none was sent, else with an error event."""
+        try:
+            if not self.started:
+                self.exchange.status = status
+                await send_whole(send, status, error_body(message, "server_error", code))
+                return
+            event = b"data: " + error_body(message, "server_error", code) + b"\n\n"
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except ClientStalled:
+            pass
 
     async def watch_disconnect(self, receive: Receive, task: asyncio.Task) -> None:
         while (await receive())["type"] != "http.disconnect":
@@ -516,18 +750,51 @@ class ChatProxy(Response):
         self.disconnected = True
         task.cancel()
 
-    async def relay_stream(self, send: Send) -> None:
+    async def open_upstream(self) -> httpx.Response:
+        """The engine's answer, its headers read. A pooled connection the engine closed while it was idle fails
+        before any byte of the answer (and before the engine saw the request): that is sent once more, on a
+        fresh connection; nothing has reached the client yet."""
         gw = self.gateway
+        for attempt in (1, 2):
+            request = gw.client.build_request("POST", self.url, content=self.payload)
+            try:
+                return await gw.client.send(request, stream=True)
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                if attempt == 2:
+                    raise
+                gw.metrics.upstream_retries.inc()
+                logging.getLogger("llm_backend").info("engine connection found closed (%s); sent again",
+                                                      type(exc).__name__)
+        raise AssertionError("unreachable")
+
+    async def read_bounded(self, upstream: httpx.Response) -> bytes | None:
+        """A whole answer, or None when it is larger than LLM_BACKEND_MAX_RESPONSE_BYTES (no more is read)."""
+        limit = self.gateway.settings.max_response_bytes
+        declared = upstream.headers.get("content-length", "")
+        if declared.isascii() and declared.isdigit() and int(declared) > limit:
+            return None
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in upstream.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                return None
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def relay_stream(self, send: Send) -> None:
         try:
-            async with gw.client.stream("POST", gw.chat_url, content=self.payload) as upstream:
-                if upstream.status_code != 200:
-                    await self.relay_refusal(send, upstream.status_code, upstream.headers, await upstream.aread())
-                    return
-                await self.pass_events(send, upstream)
+            upstream = await self.open_upstream()
         except httpx.TransportError as exc:
-            if self.started:
-                raise
             await self.engine_unavailable(send, exc)
+            return
+        try:
+            if upstream.status_code != 200:
+                await self.relay_answer(send, upstream)
+                return
+            await self.pass_events(send, upstream)
+        finally:
+            await upstream.aclose()
 
     async def pass_events(self, send: Send, upstream: httpx.Response) -> None:
         """The hot path: the engine's bytes as received, scanned for the usage event but not otherwise looked at.
@@ -574,48 +841,63 @@ class ChatProxy(Response):
             exchange.prompt_tokens = scanner.prompt_tokens
             exchange.completion_tokens = scanner.completion_tokens
             if scanner.model:
-                exchange.model = scanner.model
+                exchange.model = loggable(scanner.model[:200])
         if writer is not None:
             await writer.finish()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def relay_whole(self, send: Send) -> None:
-        gw = self.gateway
         try:
-            upstream = await gw.client.post(gw.chat_url, content=self.payload)
+            upstream = await self.open_upstream()
         except httpx.TransportError as exc:
             await self.engine_unavailable(send, exc)
             return
-        body = upstream.content
-        if upstream.status_code != 200:
-            await self.relay_refusal(send, upstream.status_code, upstream.headers, body)
-            return
         try:
-            document = json.loads(body)
-        except ValueError:
-            document = None
-        if isinstance(document, dict):
-            scanner = UsageScanner()
-            scanner.read_usage(document)
-            self.exchange.prompt_tokens = scanner.prompt_tokens
-            self.exchange.completion_tokens = scanner.completion_tokens
-            self.exchange.model = scanner.model or self.exchange.model
-        self.exchange.status = 200
-        self.exchange.ttfb_s = time.perf_counter() - self.exchange.started
-        await send_whole(send, 200, body, upstream.headers.get("content-type", "application/json").encode("latin-1"))
+            await self.relay_answer(send, upstream)
+        finally:
+            await upstream.aclose()
 
-    async def relay_refusal(self, send: Send, status: int, headers: httpx.Headers, body: bytes) -> None:
-        """An engine 4xx goes back as it came (the client's request was wrong); a 5xx, or the engine refusing the
-        gateway's own credentials, is the engine's fault: 503."""
-        if engine_fault(status):
-            self.exchange.error = f"engine_status_{status}"
-            self.exchange.status = 503
-            message = self.gateway.describe_fault(status)
-            await send_whole(send, 503, error_body(message, "server_error", "engine_unavailable"))
+    async def relay_answer(self, send: Send, upstream: httpx.Response) -> None:
+        """A whole answer (a refusal of a streamed request too), read within the size bound. An engine 4xx goes
+        back as it came (the client's request was wrong), except a route the engine does not serve (OpenAI's 404
+        then); a 5xx, or the engine refusing the gateway's own credentials, is the engine's fault: 503."""
+        exchange, gw = self.exchange, self.gateway
+        status = upstream.status_code
+        try:
+            body = await self.read_bounded(upstream)
+        except httpx.TransportError as exc:
+            await self.engine_unavailable(send, exc)
             return
-        self.exchange.status = status
-        self.exchange.ttfb_s = time.perf_counter() - self.exchange.started
-        await send_whole(send, status, body, headers.get("content-type", "application/json").encode("latin-1"))
+        if body is None:
+            gw.metrics.upstream_errors.labels("too_large").inc()
+            exchange.error, exchange.status = "engine_answer_too_large", 503
+            await send_whole(send, 503, error_body(
+                f"the engine's answer is larger than {gw.settings.max_response_bytes} bytes "
+                f"({ENV_PREFIX}MAX_RESPONSE_BYTES)", "server_error", "engine_answer_too_large"))
+            return
+        if status in (404, 501) and not engine_error_message(body):
+            exchange.status = 404
+            await send_whole(send, 404, error_body(f"the engine does not serve POST {self.route.path}",
+                                                   "invalid_request_error", "not_found"))
+            return
+        if engine_fault(status):
+            exchange.error, exchange.status = f"engine_status_{status}", 503
+            await send_whole(send, 503, error_body(gw.describe_fault(status), "server_error", "engine_unavailable"))
+            return
+        if status == 200:
+            try:
+                document = json.loads(body)
+            except (ValueError, RecursionError):
+                document = None
+            if isinstance(document, dict):
+                scanner = UsageScanner()
+                scanner.read_usage(document)
+                exchange.prompt_tokens = scanner.prompt_tokens
+                exchange.completion_tokens = scanner.completion_tokens
+                exchange.model = loggable(scanner.model[:200]) if scanner.model else exchange.model
+        exchange.status = status
+        exchange.ttfb_s = time.perf_counter() - exchange.started
+        await send_whole(send, status, body, upstream.headers.get("content-type", "application/json").encode("latin-1"))
 
     async def engine_unavailable(self, send: Send, exc: httpx.TransportError) -> None:
         reason, message = self.gateway.describe_failure(exc)
@@ -624,17 +906,40 @@ class ChatProxy(Response):
         await send_whole(send, 503, error_body(message, "server_error", "engine_unavailable"))
 
 
+# The bodies engines send for a route they do not have (uvicorn/FastAPI's under vLLM, llama.cpp's server's):
+# not an answer about the request, which the client is told in OpenAI's words instead.
+GENERIC_NOT_FOUND = frozenset({"not found", "file not found"})
+
+
+def engine_error_message(body: bytes) -> str | None:
+    """The message of an engine's OpenAI-style error about the request itself (an unknown model, a bad field), or
+    None for a bare "not found" or "not implemented" of a route the engine does not serve."""
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    error = document.get("error") if isinstance(document, dict) else None
+    message = error.get("message") if isinstance(error, dict) else None
+    if not isinstance(message, str) or message.strip().lower() in GENERIC_NOT_FOUND:
+        return None
+    if "does not support" in message.lower() or "not supported" in message.lower():
+        return None  # llama.cpp's 501 for embeddings without --embeddings
+    return message
+
+
 class Gateway:
     """Settings, the shared upstream client, keys and limits, metrics: what every request handler uses."""
 
     def __init__(self, settings: Settings, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.settings = settings
-        self.gate = Gate(settings.keys)
+        self.gate = Gate(settings.keys, settings.max_in_flight)
         self.metrics = Metrics()
+        self.count_keys()
         self.log = logging.getLogger(ACCESS_LOGGER)
-        self.chat_url = settings.upstream_url + "/v1/chat/completions"
         self.models_url = settings.upstream_url + "/v1/models"
         self.health_url = settings.upstream_url + "/health"
+        self.metrics_digest = hashlib.sha256(settings.metrics_token.encode()).digest() \
+            if settings.metrics_token else None
         headers = {"content-type": "application/json", "accept-encoding": "identity"}
         if settings.upstream_api_key:
             headers["authorization"] = f"Bearer {settings.upstream_api_key}"
@@ -652,11 +957,66 @@ class Gateway:
         self.model_ids: frozenset[str] = frozenset()
         self.models_read_at = -math.inf
         self.models_refresh: asyncio.Task | None = None
+        # The keys file as last read (inode, size, modification time), and SIGHUP's wake-up of its watcher.
+        self.keys_stamp = self.stamp()
+        self.keys_wake = asyncio.Event()
 
     @asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
-        yield
-        await self.client.aclose()
+        loop = asyncio.get_running_loop()
+        watcher = asyncio.create_task(self.watch_keys())
+        with suppress(NotImplementedError, RuntimeError, ValueError):  # no signals outside the main thread
+            loop.add_signal_handler(signal.SIGHUP, self.keys_wake.set)
+        try:
+            yield
+        finally:
+            watcher.cancel()
+            await self.client.aclose()
+
+    # --- keys, read again when their file changes
+    def stamp(self) -> tuple[int, ...] | None:
+        try:
+            info = os.stat(self.settings.keys_file)
+        except (OSError, ValueError):
+            return None
+        return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns
+
+    async def watch_keys(self) -> None:
+        """Looks at the keys file every KEYS_POLL_S seconds (and at once on SIGHUP); a changed one is read again.
+        Streams in flight go on: a revoked key admits nothing more, and nothing is restarted."""
+        while True:
+            with suppress(TimeoutError):
+                async with asyncio.timeout(KEYS_POLL_S):
+                    await self.keys_wake.wait()
+            forced = self.keys_wake.is_set()
+            self.keys_wake.clear()
+            stamp = self.stamp()
+            if forced or stamp != self.keys_stamp:
+                self.keys_stamp = stamp
+                self.reload_keys()
+
+    def reload_keys(self) -> bool:
+        """The keys file read again; a file that is wrong is reported (by entry and id, never a hash) and the
+        keys in use are kept."""
+        settings, log = self.settings, logging.getLogger("llm_backend")
+        try:
+            keys = load_keys(settings.keys_file, settings.rate_limit, settings.max_streams, settings.caps)
+        except ConfigError as exc:
+            self.metrics.keys_reloads.labels("error").inc()
+            log.error("keys file not reloaded, the %d key(s) in use are kept: %s", len(self.gate.keys), exc)
+            return False
+        self.gate.replace(keys)
+        self.metrics.keys_reloads.labels("ok").inc()
+        enabled, disabled = self.count_keys()
+        log.info("keys reloaded: %d enabled, %d disabled", enabled, disabled)
+        return True
+
+    def count_keys(self) -> tuple[int, int]:
+        enabled = sum(1 for key in self.gate.keys if key.enabled)
+        disabled = len(self.gate.keys) - enabled
+        self.metrics.keys_loaded.labels("enabled").set(enabled)
+        self.metrics.keys_loaded.labels("disabled").set(disabled)
+        return enabled, disabled
 
     def describe_failure(self, exc: httpx.TransportError, read_timeout_s: float | None = None) -> tuple[str, str]:
         """(metric reason, client message) for an engine that could not be reached or did not answer in time;
@@ -703,8 +1063,25 @@ class Gateway:
         return self.probed(request, started, error_response(503, message, "server_error", "engine_unavailable"))
 
     async def metrics_page(self, request: Request) -> Response:
-        return self.probed(request, time.perf_counter(),
+        """Every key's usage: for the holder of the metrics token (Prometheus) only."""
+        started = time.perf_counter()
+        if self.metrics_digest is None:
+            return self.probed(request, started, error_response(
+                404, f"metrics are not served: {ENV_PREFIX}METRICS_TOKEN is not set", "invalid_request_error",
+                "not_found"))
+        scheme, _, token = (request.headers.get("authorization") or "").partition(" ")
+        digest = hashlib.sha256(token.strip().encode("latin-1")).digest()
+        if scheme.lower() != "bearer" or not hmac.compare_digest(digest, self.metrics_digest):
+            return self.probed(request, started, error_response(
+                401, "/metrics needs the metrics token (Authorization: Bearer <token>)", "invalid_request_error",
+                "invalid_api_key"))
+        self.metrics.connections.set(self.open_connections())
+        return self.probed(request, started,
                            Response(generate_latest(self.metrics.registry), media_type=CONTENT_TYPE_LATEST))
+
+    @staticmethod
+    def open_connections() -> int:
+        return GuardedH11Protocol.open_connections()
 
     async def models(self, request: Request) -> Response:
         exchange = self.start(request, ROUTE_MODELS)
@@ -728,39 +1105,45 @@ class Gateway:
         return self.done(exchange, Response(upstream.content, upstream.status_code,
                                             media_type=upstream.headers.get("content-type", "application/json")))
 
-    async def chat_completions(self, request: Request) -> Response:
-        exchange = self.start(request, ROUTE_CHAT)
+    def handler(self, route: Route) -> Callable[[Request], Any]:
+        async def endpoint(request: Request) -> Response:
+            return await self.engine_request(request, route)
+        return endpoint
+
+    async def engine_request(self, request: Request, route: Route) -> Response:
+        exchange = self.start(request, route.path)
         refusal, key = self.admit(request, exchange)
         if refusal is not None:
             return self.done(exchange, refusal)
         assert key is not None
-        raw = await self.read_body(request)
-        if raw is None:
-            return self.done(exchange, error_response(
-                413, f"the request body is larger than {self.settings.max_body_bytes} bytes "
-                f"({ENV_PREFIX}MAX_BODY_BYTES)", "invalid_request_error", "request_too_large"))
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
-            return self.done(exchange, error_response(400, "the request body must be a JSON object",
-                                                      "invalid_request_error", "invalid_json"))
+        raw, refusal = await self.read_body(request, exchange)
+        if refusal is None:
+            body, refusal = self.parse(raw, route, key)
+        if refusal is not None:
+            # A request refused for what the client sent counts against its key's rate, as an admitted one does:
+            # otherwise a client could send bad requests as fast as it likes.
+            self.gate.count(key, time.monotonic())
+            return self.done(exchange, refusal)
         if isinstance(body.get("model"), str):
-            exchange.model = body["model"][:200]
-        exchange.stream = body.get("stream") is True
-        if exchange.stream:
+            exchange.model = loggable(body["model"][:200])
+        exchange.stream = route.streams and body.get("stream") is True
+        if exchange.stream and route.usage_option:
             # Usage is counted from the engine's final usage event, which it sends only when asked.
-            options = body.get("stream_options")
-            if not isinstance(options, dict) or options.get("include_usage") is not True:
-                body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+            options = body.get("stream_options") or {}
+            if options.get("include_usage") is not True:
+                body["stream_options"] = {**options, "include_usage": True}
                 raw = json.dumps(body, separators=(",", ":")).encode()
         # Checked again, with no await before the count: other requests may have been admitted while this body
-        # was read. Only an admitted request (within the rate and the concurrency limit) is counted.
+        # was read. Only an admitted request (within the rate and the concurrency limits) is counted.
         now = time.monotonic()
         refusal = self.over_rate(key, now)
         if refusal is not None:
             return self.done(exchange, refusal)
+        if self.gate.busy():
+            self.metrics.busy.inc()
+            return self.done(exchange, error_response(
+                503, f"the server has {self.settings.max_in_flight} requests in flight, its limit "
+                f"({ENV_PREFIX}MAX_IN_FLIGHT); retry shortly", "server_error", "server_busy", {"retry-after": "1"}))
         if not self.gate.acquire(key):
             self.metrics.rate_limited.labels(key.id, "concurrency").inc()
             return self.done(exchange, error_response(
@@ -770,22 +1153,46 @@ class Gateway:
         self.metrics.in_flight.labels(key.id).inc()
         if now - self.models_read_at > MODELS_TTL_S and self.models_refresh is None:
             self.models_refresh = asyncio.create_task(self.refresh_models())
-        return ChatProxy(self, exchange, key, raw)
+        return EngineProxy(self, exchange, key, route, raw)
 
-    async def read_body(self, request: Request) -> bytes | None:
-        """The request's body, or None when it is larger than the limit; no more than that is read."""
-        limit = self.settings.max_body_bytes
+    def parse(self, raw: bytes, route: Route, key: ApiKey) -> tuple[dict, Response | None]:
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            body = None  # RecursionError: JSON nested deeper than Python parses
+        if not isinstance(body, dict):
+            return {}, error_response(400, "the request body must be a JSON object", "invalid_request_error",
+                                      "invalid_json")
+        return body, check_body(route, body, key.caps)
+
+    async def read_body(self, request: Request, exchange: Exchange) -> tuple[bytes, Response | None]:
+        """The request's body, or the refusal of one larger than the limit (no more than that is read), one that
+        takes longer than the body timeout to arrive, or one whose client went away."""
+        settings = self.settings
+        limit = settings.max_body_bytes
+        too_large = error_response(413, f"the request body is larger than {limit} bytes ({ENV_PREFIX}MAX_BODY_BYTES)",
+                                   "invalid_request_error", "request_too_large")
         declared = request.headers.get("content-length", "")
         if declared.isascii() and declared.isdigit() and int(declared) > limit:
-            return None
+            return b"", too_large
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            async with asyncio.timeout(settings.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        return b"", too_large
+                    chunks.append(chunk)
+        except TimeoutError:
+            exchange.error = "client_body_timeout"
+            return b"", error_response(408, f"the request body did not arrive within {settings.body_timeout_s:g} s "
+                                       f"({ENV_PREFIX}BODY_TIMEOUT_S)", "invalid_request_error", "request_timeout")
+        except ClientDisconnect:
+            exchange.error = "client_disconnected"
+            return b"", error_response(499, "the client went away before its request arrived",
+                                       "invalid_request_error", "client_disconnected")
+        return b"".join(chunks), None
 
     # --- the engine's model ids
     async def refresh_models(self) -> None:
@@ -806,7 +1213,7 @@ class Gateway:
     def remember_models(self, content: bytes) -> None:
         try:
             document = json.loads(content)
-        except ValueError:
+        except (ValueError, RecursionError):
             return
         data = document.get("data") if isinstance(document, dict) else None
         if isinstance(data, list):
@@ -825,7 +1232,8 @@ class Gateway:
 
     def start(self, request: Request, route: str) -> Exchange:
         client = request.scope.get("client")
-        return Exchange(request.method, request.url.path, route, client[0] if client else None, time.perf_counter())
+        return Exchange(request.method, loggable(request.url.path), route, client[0] if client else None,
+                        time.perf_counter())
 
     def admit(self, request: Request, exchange: Exchange) -> tuple[Response | None, ApiKey | None]:
         """The caller's key, and the 401 or 429 refusing them, if any. Counts nothing against the rate: the
@@ -833,8 +1241,10 @@ class Gateway:
         key = self.gate.authenticate(request.headers.get("authorization"))
         if key is None:
             return error_response(401, "invalid or missing API key (send Authorization: Bearer <key>)",
-                                   "invalid_request_error", "invalid_api_key"), None
+                                  "invalid_request_error", "invalid_api_key"), None
         exchange.key_id = key.id
+        if not key.enabled:
+            return error_response(401, "this API key is disabled", "invalid_request_error", "invalid_api_key"), None
         return self.over_rate(key, time.monotonic()), key
 
     def over_rate(self, key: ApiKey, now: float) -> Response | None:
@@ -852,7 +1262,7 @@ class Gateway:
         self.record(exchange)
         return response
 
-    def chat_done(self, exchange: Exchange, key: ApiKey) -> None:
+    def engine_done(self, exchange: Exchange, key: ApiKey) -> None:
         self.gate.release(key)
         self.metrics.in_flight.labels(key.id).dec()
         self.record(exchange)
@@ -861,10 +1271,12 @@ class Gateway:
         latency = time.perf_counter() - exchange.started
         metrics = self.metrics
         stream = "true" if exchange.stream else "false"
-        metrics.requests.labels(exchange.key_id, exchange.route, str(exchange.status)).inc()
-        metrics.latency.labels(exchange.route, stream).observe(latency)
+        # Only the gateway's own routes label metrics: a client's made-up path must not become a new label value.
+        route = exchange.route if exchange.route in ROUTES or exchange.route == ROUTE_MODELS else "other"
+        metrics.requests.labels(exchange.key_id, route, str(exchange.status)).inc()
+        metrics.latency.labels(route, stream).observe(latency)
         if exchange.ttfb_s is not None:
-            metrics.ttfb.labels(exchange.route, stream).observe(exchange.ttfb_s)
+            metrics.ttfb.labels(route, stream).observe(exchange.ttfb_s)
         # Only ids the engine listed: a client's made-up model name must not become a new label value.
         model = exchange.model if exchange.model in self.model_ids else OTHER_MODEL
         if exchange.prompt_tokens is not None:
@@ -886,10 +1298,72 @@ class Gateway:
         }, ensure_ascii=False)
 
 
+# ------------------------------------------------------------------------------------------------- connections
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol, with what it lacks against idle and slow clients: a request's head must have
+    arrived within the header timeout of the connection (or of the previous answer on it), and past the connection
+    cap a new connection is closed at once, except from loopback (the container's own healthcheck), so that
+    /health answers while the cap is reached. `serve` sets the class's limits and metrics."""
+
+    header_timeout_s = 10.0
+    max_connections = 1000
+    metrics: Metrics | None = None
+    all_connections: set | None = None
+    head_timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def open_connections(cls) -> int:
+        return len(cls.all_connections) if cls.all_connections is not None else 0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        type(self).all_connections = self.connections
+        peer = self.client[0] if self.client else None
+        if len(self.connections) > self.max_connections and peer not in LOOPBACK:
+            self.closed_for("connection_limit")
+            transport.abort()
+            return
+        self.arm()
+
+    def arm(self) -> None:
+        self.disarm()
+        self.head_timer = self.loop.call_later(self.header_timeout_s, self.head_late)
+
+    def disarm(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.head_timer is not None and self.cycle is not None and not self.cycle.response_complete:
+            self.disarm()  # a request's head has arrived; the body timeout is the app's
+
+    def on_response_complete(self) -> None:
+        # Armed before uvicorn looks at pipelined data, whose complete head then disarms it at once.
+        if not self.transport.is_closing():
+            self.arm()
+        super().on_response_complete()
+
+    def head_late(self) -> None:
+        self.head_timer = None
+        if not self.transport.is_closing():
+            self.closed_for("header_timeout")
+            self.transport.close()
+
+    def closed_for(self, reason: str) -> None:
+        if self.metrics is not None:
+            self.metrics.connections_closed.labels(reason).inc()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.disarm()
+        super().connection_lost(exc)
+
+
 async def not_found(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, StarletteHTTPException) else 500
     code = {404: "not_found", 405: "method_not_allowed"}.get(status, "error")
-    return error_response(status, f"{request.method} {request.url.path}: {code.replace('_', ' ')}",
+    return error_response(status, f"{request.method} {loggable(request.url.path)[:200]}: {code.replace('_', ' ')}",
                           "invalid_request_error", code)
 
 
@@ -900,7 +1374,7 @@ def create_app(settings: Settings, transport: httpx.AsyncBaseTransport | None = 
     app.state.gateway = gateway
     for path, endpoint, methods in (("/health", gateway.health, ["GET"]), ("/metrics", gateway.metrics_page, ["GET"]),
                                     (ROUTE_MODELS, gateway.models, ["GET"]),
-                                    (ROUTE_CHAT, gateway.chat_completions, ["POST"])):
+                                    *((route.path, gateway.handler(route), ["POST"]) for route in ROUTES.values())):
         app.add_api_route(path, endpoint, methods=methods, response_model=None, include_in_schema=False)
     app.add_exception_handler(StarletteHTTPException, not_found)
     return app
@@ -914,7 +1388,8 @@ class JsonFormatter(logging.Formatter):
         if record.name == ACCESS_LOGGER:
             return record.getMessage()
         line: dict[str, Any] = {"ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-                                "level": record.levelname.lower(), "logger": record.name, "msg": record.getMessage()}
+                                "level": record.levelname.lower(), "logger": record.name,
+                                "msg": loggable(record.getMessage())}
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
         return json.dumps(line, ensure_ascii=False)
@@ -931,9 +1406,35 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def raise_descriptor_limit(settings: Settings) -> None:
+    """Room for every connection the cap allows, each with one to the engine, and a margin: the soft limit is
+    raised towards the hard one; a hard limit too low is a configuration error, not a backend that stops answering
+    (and whose /health fails) once the descriptors run out."""
+    need = 2 * settings.max_connections + 64
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= need:
+        return
+    if hard != resource.RLIM_INFINITY and hard < need:
+        raise ConfigError(f"{ENV_PREFIX}MAX_CONNECTIONS: {settings.max_connections} connections need {need} file "
+                          f"descriptors; this process may open at most {hard} (raise the container's nofile ulimit, "
+                          "or lower the cap)")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+
+
+def serve(settings: Settings) -> None:
+    app = create_app(settings)
+    GuardedH11Protocol.header_timeout_s = settings.header_timeout_s
+    GuardedH11Protocol.max_connections = settings.max_connections
+    GuardedH11Protocol.metrics = app.state.gateway.metrics
+    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, log_level=settings.log_level,
+                access_log=False, server_header=False, timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+                http=GuardedH11Protocol)
+
+
 def main() -> None:
     try:
         settings = settings_from_env(os.environ)
+        raise_descriptor_limit(settings)
     except ConfigError as exc:
         sys.exit(f"llm_backend: configuration error: {exc}")
     configure_logging(settings.log_level)
@@ -941,9 +1442,7 @@ def main() -> None:
     logging.getLogger("llm_backend").info(
         "serving on %s:%s for %d key(s), engine %s", settings.host, settings.port, len(settings.keys),
         settings.upstream_url)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_config=None,
-                log_level=settings.log_level, access_log=False, server_header=False,
-                timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    serve(settings)
 
 
 if __name__ == "__main__":

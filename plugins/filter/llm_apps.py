@@ -8,7 +8,8 @@ from ansible.errors import AnsibleFilterError
 
 
 def backend_key_entry(entry: dict[str, Any]) -> dict[str, Any]:
-    """{id, key | sha256, rate_limit?, max_streams?} -> {id, sha256, rate_limit?, max_streams?}.
+    """{id, key | sha256, rate_limit?, max_streams?, enabled?, max_n?, max_tokens?, max_messages?} -> the same with
+    sha256 in place of key.
 
     The key is replaced by its sha256 (hex); the inputs are judged by llm_apps before this runs.
     """
@@ -18,8 +19,11 @@ def backend_key_entry(entry: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"id": str(entry["id"]), "sha256": str(digest)}
     if "rate_limit" in entry:
         out["rate_limit"] = str(entry["rate_limit"])
-    if "max_streams" in entry:
-        out["max_streams"] = int(entry["max_streams"])
+    for field in ("max_streams", "max_n", "max_tokens", "max_messages"):
+        if field in entry:
+            out[field] = int(entry[field])
+    if "enabled" in entry:
+        out["enabled"] = bool(entry["enabled"])
     return out
 
 

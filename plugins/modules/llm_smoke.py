@@ -38,12 +38,18 @@ options:
     description:
       - The backend API in front of the engine (empty - not checked). Checks its /health, that a request without a
         key or with an unknown key gets 401 with an OpenAI-style error, a streamed chat through it (chunks, a usage
-        chunk, [DONE]), that backend_limit_key gets 429 within backend_limit_attempts requests, and /metrics.
+        chunk, [DONE]), that backend_limit_key gets 429 within backend_limit_attempts requests, and that /metrics
+        answers 401 without the metrics token and 200 with it.
     type: str
     default: ""
   backend_key: {description: A backend key with room for the checks, type: str, default: "", no_log: true}
   backend_limit_key: {description: A backend key allowed one request a minute, type: str, default: "", no_log: true}
   backend_limit_attempts: {description: Requests sent with backend_limit_key at most, type: int, default: 3}
+  backend_metrics_token:
+    description: The token the backend's /metrics asks for (LLM_BACKEND_METRICS_TOKEN).
+    type: str
+    default: ""
+    no_log: true
   frontend_key:
     description: The chat UI's own backend key, when it has one; checked against the backend's /v1/models.
     type: str
@@ -194,10 +200,15 @@ def check_backend(params: dict) -> list[dict[str, Any]]:
     checks.append(result("backend:rate-limit", replies[-1:] == [429] and openai_error(body),
                          f"GET /v1/models x{len(replies)} with a key allowed 1 request a minute (redacted)",
                          f"HTTP {replies} {body}", "expected HTTP 429 with an OpenAI-style error past the key's limit"))
-    status, body = ep.call("/metrics", auth=False)
-    checks.append(result("backend:metrics", status == 200 and "llm_backend_requests_total" in body,
-                         ep.describe("GET", "/metrics", auth=False), f"HTTP {status} {body[:200]}",
-                         "expected HTTP 200 with the llm_backend_requests_total metric"))
+    # Every key's usage is on /metrics: without the metrics token (a client's key is not it) it must be refused.
+    refused = [ep.call("/metrics", auth=False)[0], ep.call("/metrics")[0]]
+    scraper = OpenAIEndpoint(params["backend_url"], params["model"], params["backend_metrics_token"], timeout)
+    status, body = scraper.call("/metrics")
+    checks.append(result("backend:metrics", refused == [401, 401] and status == 200
+                         and "llm_backend_requests_total" in body,
+                         "GET /metrics without a key, with a client's key, and with the metrics token (redacted)",
+                         f"HTTP {refused + [status]} {body[:200]}",
+                         "expected HTTP 401, 401 and 200 with the llm_backend_requests_total metric"))
     return checks
 
 
@@ -240,6 +251,7 @@ def main() -> None:
             "backend_key": {"type": "str", "default": "", "no_log": True},
             "backend_limit_key": {"type": "str", "default": "", "no_log": True},
             "backend_limit_attempts": {"type": "int", "default": 3},
+            "backend_metrics_token": {"type": "str", "default": "", "no_log": True},
             "frontend_url": {"type": "str", "default": ""},
             "frontend_key": {"type": "str", "default": "", "no_log": True},
         },

@@ -65,9 +65,15 @@ def test_production_inventory_renders_the_seed_with_backend_and_chat_ui(tmp_path
         assert service["image"].startswith("local/llm-stack-")
     assert backend["environment"]["LLM_BACKEND_UPSTREAM_URL"] == "http://engine:8000"
     assert frontend["environment"]["LLM_FRONTEND_BACKEND_URL"] == "http://backend:8080"
-    assert backend["volumes"][0]["target"] == "/etc/llm-backend/keys.json" and backend["volumes"][0]["read_only"]
+    # The keys' directory: the backend reads a changed file again itself (a file mounted alone would stay the old one).
+    assert backend["volumes"][0]["target"] == "/etc/llm-backend/keys" and backend["volumes"][0]["read_only"]
+    assert backend["environment"]["LLM_BACKEND_KEYS_FILE"] == "/etc/llm-backend/keys/keys.json"
+    assert "labels" not in backend  # no key-file hash that would recreate the container on a key change
+    assert backend["ulimits"]["nofile"] == {"soft": 8192, "hard": 8192}
+    assert (backend["environment"]["LLM_BACKEND_MAX_CONNECTIONS"], backend["environment"]["LLM_BACKEND_MAX_N"]) == \
+        ("1000", "16")
     # Keys: hashes only in the key file (readable by the app user, not by everyone), secrets in 0600 env files.
-    keys_file = stack / "apps/backend-keys.json"
+    keys_file = stack / "apps/backend-keys/keys.json"
     keys = json.loads(keys_file.read_text())["keys"]
     assert keys[:3] == [
         {"id": "chat-ui", "sha256": hashlib.sha256(CHAT_UI_KEY.encode()).hexdigest()},
@@ -78,6 +84,8 @@ def test_production_inventory_renders_the_seed_with_backend_and_chat_ui(tmp_path
     assert stat.S_IMODE(keys_file.stat().st_mode) == 0o640 and keys_file.stat().st_gid == 10001
     assert stat.S_IMODE((stack / "apps/smoke.key").stat().st_mode) == 0o600
     assert (stack / "backend.env").read_text().count(f"LLM_BACKEND_UPSTREAM_API_KEY={ENGINE_KEY}\n") == 1
+    # The metrics token, by default the engine's key (Prometheus has it already), in the 0600 env file only.
+    assert (stack / "backend.env").read_text().count(f"LLM_BACKEND_METRICS_TOKEN={ENGINE_KEY}\n") == 1
     # The seed's chat page holds no key of its own: its users enter theirs.
     assert "LLM_FRONTEND_API_KEY" not in (stack / "frontend.env").read_text()
     for name in ("backend.env", "frontend.env", "engine.env"):
@@ -109,6 +117,17 @@ def test_rendering_again_changes_nothing(tmp_path: Path) -> None:
     assert rc == 0, output[-4000:]
     assert "changed=0" in output, output[-3000:]
     assert {p: p.read_bytes() for p in stack.rglob("*") if p.is_file()} == first
+    # A key disabled and one added: only the key file changes; the compose project stays as it was, so nothing is
+    # recreated (the running backend reads the file again by itself).
+    keys = [*VAULT["vault_llm_backend_api_keys"][:2], {"id": "batch-jobs", "sha256": HASHED, "enabled": False},
+            {"id": "team-b", "key": "sk-team-b-" + "t" * 40, "max_tokens": 4096}]
+    rc, output, _ = render(tmp_path, {**variables, "vault_llm_backend_api_keys": keys})
+    assert rc == 0, output[-4000:]
+    changed = {p for p in stack.rglob("*") if p.is_file() and p.read_bytes() != first.get(p)}
+    assert changed == {stack / "apps/backend-keys/keys.json"}, changed
+    entries = json.loads((stack / "apps/backend-keys/keys.json").read_text())["keys"]
+    assert entries[2] == {"id": "batch-jobs", "sha256": HASHED, "enabled": False}
+    assert entries[3]["max_tokens"] == 4096
 
 
 def test_without_the_backend_the_engine_is_published_everywhere(tmp_path: Path) -> None:
@@ -178,6 +197,19 @@ BAD_INPUTS = [
     ({"llm_apps_health_retries": 0}, "llm_apps_health_retries must be a whole number from 1 to 1000; got 0."),
     ({"llm_stack_bind_address": "0.0.0.0:8000"}, "llm_stack_bind_address must be an IPv4 address"),
     ({"llm_stack_dir": "/opt/llm stack"}, "llm_stack_dir must be an absolute path on the host other than /"),
+    # The same key under two ids, as key and as its sha256: both ids named, not the key.
+    ({"vault_llm_backend_api_keys": [{"id": "chat-ui", "key": CHAT_UI_KEY}, {"id": "team-a", "key": TEAM_KEY},
+                                     {"id": "old-ui", "sha256": hashlib.sha256(CHAT_UI_KEY.encode()).hexdigest()}]},
+     "llm_apps_backend_api_keys: ids chat-ui and old-ui hold the same key"),
+    ({"vault_llm_backend_api_keys": [{"id": "chat-ui", "key": "k" * 40, "enabled": "no"}]},
+     KEYS_MSG.format(0, '"chat-ui"')),
+    ({"vault_llm_backend_api_keys": [{"id": "chat-ui", "key": "k" * 40, "max_tokens": 0}]},
+     KEYS_MSG.format(0, '"chat-ui"')),
+    ({"llm_apps_backend_metrics_token": "short"}, "llm_apps_backend_metrics_token must be 16 to 512 printable"),
+    ({"llm_apps_backend_max_connections": 5000},
+     "llm_apps_backend_nofile must be a whole number of at most 1048576 and at least 2 x"),
+    ({"llm_apps_backend_max_n": 0}, "llm_apps_backend_max_n must be a whole number from 1 to 1024; got 0."),
+    ({"llm_apps_backend_request_timeout_s": -5}, "llm_apps_backend_request_timeout_s must be a number of seconds"),
 ]
 
 

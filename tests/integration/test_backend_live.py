@@ -6,6 +6,8 @@ import hashlib
 import json
 import os
 import re
+import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ALICE = "sk-alice-integration-0123456789abcdef0123"
 BOB = "sk-bob-integration-0123456789abcdef01234"
 KOREAN_PROMPT = "한국의 수도는 어디입니까?"
+METRICS_TOKEN = "metrics-token-integration-0123456789"
+METRICS_AUTH = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 @dataclass
@@ -61,7 +65,7 @@ def running_backend(tmp_path: Path, upstream: str, upstream_key: str = "", **set
     port = free_port()
     env = dict(os.environ, LLM_BACKEND_UPSTREAM_URL=upstream, LLM_BACKEND_UPSTREAM_API_KEY=upstream_key,
                LLM_BACKEND_KEYS_FILE=str(keys), LLM_BACKEND_HOST="127.0.0.1", LLM_BACKEND_PORT=str(port),
-               LLM_BACKEND_RATE_LIMIT="1000/minute")
+               LLM_BACKEND_RATE_LIMIT="1000/minute", LLM_BACKEND_METRICS_TOKEN=METRICS_TOKEN)
     env.update({f"LLM_BACKEND_{name}": value for name, value in settings.items()})
     log_path = tmp_path / f"backend-{port}.log"
     with log_path.open("w") as log:
@@ -72,7 +76,7 @@ def running_backend(tmp_path: Path, upstream: str, upstream_key: str = "", **set
     def listening() -> bool:
         assert proc.poll() is None, log_path.read_text()
         try:
-            return httpx.get(backend.url + "/metrics", timeout=1).status_code == 200  # touches no engine
+            return httpx.get(backend.url + "/metrics", headers=METRICS_AUTH, timeout=1).status_code == 200
         except httpx.TransportError:
             return False
 
@@ -166,7 +170,7 @@ def test_metrics_and_access_log_record_requests_and_tokens(backend: Backend, eng
                           json=chat(engine, "Say hello.", stream=False), timeout=60)
     assert response.status_code == 200
     usage = response.json()["usage"]
-    metrics = httpx.get(backend.url + "/metrics").text
+    metrics = httpx.get(backend.url + "/metrics", headers=METRICS_AUTH).text
     assert re.search(r'^llm_backend_requests_total\{key_id="alice",route="/v1/chat/completions",status="200"\} '
                      r'[1-9]', metrics, re.M)
     for kind in ("prompt", "completion"):
@@ -322,3 +326,96 @@ def test_client_disconnect_stops_the_engine_stream(tmp_path: Path) -> None:
             assert (line["status"], line["error"], line["stream"]) == (200, "client_disconnected", True)
     finally:
         server.shutdown()
+
+
+# ------------------------------------------------------------------------------ hostile and sloppy clients (issue 24)
+def test_hostile_cases_and_back_to_back_requests_against_the_real_engine(engine: Engine, tmp_path: Path) -> None:
+    """tests/hostile_client.py (also run inside the lab host by molecule default) against a backend in front of
+    the real llama.cpp server: idle and trickling sockets closed after the header timeout, refusals that name the
+    field, and 300 requests one after the other on two connections with no failure (a pooled connection the
+    engine closed is sent again, once). Then the connection cap, from another address, with /health answering."""
+    with running_backend(tmp_path, engine.url, engine.api_key, HEADER_TIMEOUT_S="1", MAX_CONNECTIONS="16") as gw:
+        run = subprocess.run([sys.executable, str(ROOT / "tests/hostile_client.py"), gw.url, ALICE, "--model",
+                              engine.model, "--header-timeout", "1", "--back-to-back", "300"],
+                             capture_output=True, text=True, timeout=600)
+        results = {line["case"]: line for line in map(json.loads, run.stdout.splitlines())}
+        assert run.returncode == 0 and all(r["ok"] for r in results.values()), run.stdout + run.stderr
+        assert set(results) >= {"metrics_need_a_token", "stream_not_a_boolean", "deeply_nested_json", "caps",
+                                "lone_surrogate_model", "idle_and_slow_connections_are_closed", "back_to_back",
+                                "responses_api"}
+        # Past the cap of 16, connections from another address are closed at once; the healthcheck's own
+        # (loopback) still gets its answer.
+        crowd = []
+        for _ in range(40):
+            sock = socket.socket()
+            sock.bind(("127.0.0.2", 0))
+            sock.connect(("127.0.0.1", int(gw.url.rsplit(":", 1)[1])))
+            crowd.append(sock)
+        try:
+            health = httpx.get(gw.url + "/health", timeout=3)
+            closed = 0
+            for sock in crowd:
+                sock.settimeout(0.5)
+                try:
+                    closed += sock.recv(1) == b""
+                except ConnectionResetError:
+                    closed += 1
+                except TimeoutError:
+                    pass
+        finally:
+            for sock in crowd:
+                sock.close()
+        assert health.status_code == 200
+        assert 24 <= closed <= 40
+        metrics = httpx.get(gw.url + "/metrics", headers=METRICS_AUTH).text
+        assert re.search(r'^llm_backend_connections_closed_total\{reason="connection_limit"\} (2[4-9]|3[0-9]|40)',
+                         metrics, re.M), metrics
+        assert re.search(r'^llm_backend_connections_closed_total\{reason="header_timeout"\} [1-9]', metrics, re.M)
+        logged = gw.log_path.read_text()
+        assert "Traceback" not in logged and '"model": "?-hostile"' in logged
+        access = gw.access_lines()
+        assert len([x for x in access if x["path"] == "/v1/chat/completions" and x["status"] == 200]) >= 300
+        assert not [x for x in access if x["status"] >= 500]
+
+
+def test_the_openai_client_drives_the_responses_api_through_the_backend(backend: Backend, engine: Engine) -> None:
+    openai = pytest.importorskip("openai")
+    client = openai.OpenAI(base_url=backend.url + "/v1", api_key=ALICE, max_retries=0)
+    response = client.responses.create(model=engine.model, input="Name a colour.", max_output_tokens=8)
+    assert response.output_text.strip() and response.usage.output_tokens > 0
+    # Streamed: the raw events (the SDK's accumulating helper trips over llama.cpp's `"output": null` in its
+    # response.created event, an engine quirk the gateway passes on unchanged).
+    events = list(client.responses.create(model=engine.model, input="Say hi.", max_output_tokens=6, stream=True))
+    assert events[-1].type == "response.completed" and events[-1].response.usage.input_tokens > 0
+    completion = client.completions.create(model=engine.model, prompt="One, two,", max_tokens=3)
+    assert completion.usage.completion_tokens > 0
+    metrics = httpx.get(backend.url + "/metrics", headers=METRICS_AUTH).text
+    assert re.search(r'^llm_backend_requests_total\{key_id="alice",route="/v1/responses",status="200"\} [2-9]',
+                     metrics, re.M)
+
+
+def test_keys_are_reloaded_on_sighup_and_a_disabled_key_is_refused(engine: Engine, tmp_path: Path) -> None:
+    carol = "sk-carol-integration-0123456789abcdef0"
+    with running_backend(tmp_path, engine.url, engine.api_key) as gw:
+        keys = tmp_path / "keys.json"
+        document = json.loads(keys.read_text())
+        document["keys"][0]["enabled"] = False
+        document["keys"].append({"id": "carol", "sha256": hashlib.sha256(carol.encode()).hexdigest()})
+        keys.write_text(json.dumps(document))
+        gw.proc.send_signal(signal.SIGHUP)
+        poll(lambda: httpx.get(gw.url + "/v1/models", headers=auth(carol)).status_code == 200, 5, "carol admitted")
+        refused = httpx.get(gw.url + "/v1/models", headers=auth(ALICE))
+        assert refused.status_code == 401 and "disabled" in refused.json()["error"]["message"]
+        assert gw.proc.poll() is None
+
+
+def test_a_descriptor_limit_below_the_connection_cap_is_a_configuration_error(engine: Engine, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"keys": [{"id": "alice", "sha256": hashlib.sha256(ALICE.encode()).hexdigest()}]}))
+    env = dict(os.environ, LLM_BACKEND_UPSTREAM_URL=engine.url, LLM_BACKEND_KEYS_FILE=str(keys),
+               LLM_BACKEND_MAX_CONNECTIONS="1000", LLM_BACKEND_PORT=str(free_port()))
+    run = subprocess.run([sys.executable, str(ROOT / "apps/backend/llm_backend.py")], env=env, capture_output=True,
+                         text=True, timeout=60,
+                         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256)))
+    assert run.returncode == 1
+    assert "LLM_BACKEND_MAX_CONNECTIONS: 1000 connections need 2064 file descriptors" in run.stderr

@@ -29,7 +29,9 @@ THRESHOLDS = {
 # gpu-1 runs the backend, so its engine is on loopback unless bound to a site address; cpu-1's engine has a key
 # (llama.cpp's /metrics asks for it).
 ENGINE_KEY = "engine-key-of-cpu-1-0123456789abcdef"
-FLEET = [{"name": "gpu-1", "address": "10.0.0.1", "backend": True, "gpu": True, "engine_bind": "10.0.0.1"},
+METRICS_TOKEN = "metrics-token-of-gpu-1-0123456789"
+FLEET = [{"name": "gpu-1", "address": "10.0.0.1", "backend": True, "gpu": True, "engine_bind": "10.0.0.1",
+          "metrics_token": METRICS_TOKEN},
          {"name": "gpu-2", "address": "gpu-2.example.net", "gpu": True},
          {"name": "cpu-1", "address": "fd00::3", "engine_key": ENGINE_KEY}]
 
@@ -92,7 +94,7 @@ def test_targets_come_from_the_inventory_group(rendered: Path) -> None:
     assert jobs["llm_engine:cpu-1"] == [("cpu-1", ["[fd00::3]:8000"])]  # its own job: it sends the key
     assert jobs["node"] == [("gpu-1", ["10.0.0.1:9100"]), ("gpu-2", ["gpu-2.example.net:9100"]),
                             ("cpu-1", ["[fd00::3]:9100"])]
-    assert jobs["llm_backend"] == [("gpu-1", ["10.0.0.1:8080"])]  # where the backend runs
+    assert jobs["llm_backend:gpu-1"] == [("gpu-1", ["10.0.0.1:8080"])]  # where the backend runs, with its token
     assert jobs["dcgm"] == [("gpu-1", ["10.0.0.1:9400"]), ("gpu-2", ["gpu-2.example.net:9400"])]  # GPU hosts
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9093"]
 
@@ -105,6 +107,16 @@ def test_an_engine_key_is_sent_from_a_private_file_and_the_job_keeps_its_name(re
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600 and key_file.stat().st_uid == 65534
     assert job["relabel_configs"] == [{"target_label": "job", "replacement": "llm_engine"}]
     assert ENGINE_KEY not in (rendered / "prometheus/prometheus.yml").read_text()
+
+
+def test_a_backends_metrics_are_scraped_with_its_token_from_a_private_file(rendered: Path) -> None:
+    job = next(j for j in yaml.safe_load((rendered / "prometheus/prometheus.yml").read_text())["scrape_configs"]
+               if j["job_name"] == "llm_backend:gpu-1")
+    token_file = rendered / "prometheus" / job["authorization"]["credentials_file"]
+    assert token_file.name == "gpu-1.backend-token" and token_file.read_text() == METRICS_TOKEN
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600 and token_file.stat().st_uid == 65534
+    assert job["relabel_configs"] == [{"target_label": "job", "replacement": "llm_backend"}]
+    assert METRICS_TOKEN not in (rendered / "prometheus/prometheus.yml").read_text()
 
 
 def test_the_key_of_a_host_that_left_the_group_is_removed(tmp_path: Path) -> None:

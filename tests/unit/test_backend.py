@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
+from contextlib import suppress
 from pathlib import Path
 
 import httpx
@@ -23,6 +24,7 @@ CAROL = "sk-carol-unit-test-key-0123456789abcdef"
 PROMPT = "SECRET-PROMPT-TEXT do not log"
 REPLY = "SECRET-REPLY-TEXT"
 MODEL = "engine-model"
+METRICS_TOKEN = "metrics-token-unit-0123456789"
 
 
 def sha(key: str) -> str:
@@ -119,7 +121,7 @@ BAD_KEY_FILES = [
     (keys_json(entry(max_streams=True)), "keys[0] (alice) max_streams: True is not a whole number"),
     (keys_json(entry(max_streams=0)), "keys[0] (alice) max_streams: 0 is out of range"),
     (keys_json(entry(), entry(digest=sha(BOB))), "keys[1]: id 'alice' is used twice"),
-    (keys_json(entry(), entry("bob")), "keys[1] (bob): the same sha256 is listed twice"),
+    (keys_json(entry(), entry("bob")), "keys[1] (bob): the same sha256 is listed under ids 'alice' and 'bob'"),
 ]
 
 
@@ -324,6 +326,7 @@ def streaming_engine(request: httpx.Request) -> httpx.Response:
 class Harness:
     def __init__(self, tmp_path: Path, handler: Handler = streaming_engine, **overrides: str) -> None:
         self.engine = Engine(handler)
+        overrides = {"METRICS_TOKEN": METRICS_TOKEN} | overrides
         self.settings = gw.settings_from_env(env_for(tmp_path, UPSTREAM_API_KEY="engine-secret", **overrides))
         self.app = gw.create_app(self.settings, transport=httpx.MockTransport(self.engine))
 
@@ -334,7 +337,7 @@ class Harness:
     def metrics(self) -> str:
         async def fetch() -> str:
             async with self.client() as client:
-                return (await client.get("/metrics")).text
+                return (await client.get("/metrics", headers=auth(METRICS_TOKEN))).text
         return asyncio.run(fetch())
 
 
@@ -346,12 +349,13 @@ def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def assert_openai_error(response: httpx.Response, status: int, type_: str, code: str) -> None:
+def assert_openai_error(response: httpx.Response, status: int, type_: str, code: str,
+                        param: str | None = None) -> None:
     assert response.status_code == status
     assert response.headers["content-type"] == "application/json"
     error = response.json()["error"]
     assert set(error) == {"message", "type", "param", "code"}
-    assert (error["type"], error["param"], error["code"]) == (type_, None, code)
+    assert (error["type"], error["param"], error["code"]) == (type_, param, code)
     assert error["message"]
 
 
@@ -511,10 +515,11 @@ def test_concurrent_requests_past_the_limit_are_429(tmp_path: Path) -> None:
     assert 'llm_backend_in_flight_requests{key_id="carol"} 0.0' in metrics
 
 
-def test_refused_requests_do_not_use_the_rate(tmp_path: Path) -> None:
-    """dave may send 2 requests a minute, one at a time. While one is in flight, requests refused for concurrency,
-    a bad body or a body over the limit use none of the 2: the next request after it is still admitted."""
-    keys = write_keys(tmp_path / "dave.json", [{"id": "dave", "sha256": sha(ALICE), "rate_limit": "2/minute",
+def test_requests_refused_for_concurrency_do_not_use_the_rate_bad_ones_do(tmp_path: Path) -> None:
+    """dave may send 4 requests a minute, one at a time. While one is in flight, requests refused for concurrency
+    use none of the 4 (the client did nothing wrong); a bad body and a body over the limit use one each (else a
+    client could send them as fast as it likes): the next request is the 4th, the one after it is refused."""
+    keys = write_keys(tmp_path / "dave.json", [{"id": "dave", "sha256": sha(ALICE), "rate_limit": "4/minute",
                                                  "max_streams": 1}])
     release = asyncio.Event()
     seen = asyncio.Event()
@@ -546,7 +551,7 @@ def test_refused_requests_do_not_use_the_rate(tmp_path: Path) -> None:
         ["invalid_json", "request_too_large"]
     assert second.status_code == 200
     assert_openai_error(third, 429, "requests", "rate_limit_exceeded")
-    assert [len(times) for times in harness.app.state.gateway.gate.hits["dave"]] == [2]
+    assert [len(times) for times in harness.app.state.gateway.gate.hits["dave"]] == [4]
     metrics = harness.metrics()
     assert 'llm_backend_rate_limited_total{key_id="dave",limit="concurrency"} 3.0' in metrics
     assert 'llm_backend_rate_limited_total{key_id="dave",limit="rate"} 1.0' in metrics
@@ -759,7 +764,7 @@ def test_unknown_routes_get_openai_errors(tmp_path: Path) -> None:
 
     async def scenario() -> list[httpx.Response]:
         async with harness.client() as client:
-            return [await client.get("/v1/completions"), await client.get("/v1/chat/completions")]
+            return [await client.get("/v1/nothing"), await client.get("/v1/chat/completions")]
 
     missing, wrong_method = asyncio.run(scenario())
     assert_openai_error(missing, 404, "invalid_request_error", "not_found")
@@ -845,3 +850,382 @@ def test_probes_are_logged_at_debug_only(tmp_path: Path, caplog: pytest.LogCaptu
         asyncio.run(scenario())
     assert [(json.loads(r.getMessage())["path"], r.levelname) for r in caplog.records] == \
         [("/health", "DEBUG"), ("/metrics", "DEBUG")]
+
+
+# ------------------------------------------------------------------------------ hostile and sloppy clients (issue 24)
+def post_all(harness: Harness, *requests: tuple[str, dict | bytes], key: str = ALICE) -> list[httpx.Response]:
+    async def scenario() -> list[httpx.Response]:
+        async with harness.client() as client:
+            answers = []
+            for path, body in requests:
+                kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+                answers.append(await client.post(path, headers=auth(key), **kwargs))
+            return answers
+    return asyncio.run(scenario())
+
+
+def test_metrics_need_the_metrics_token_and_are_off_without_one(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    post_all(harness, ("/v1/chat/completions", chat_body()))
+
+    async def scenario(app_harness: Harness, headers: dict) -> httpx.Response:
+        async with app_harness.client() as client:
+            return await client.get("/metrics", headers=headers)
+
+    for headers in ({}, auth(ALICE), auth(METRICS_TOKEN + "x"), {"Authorization": METRICS_TOKEN}):
+        refused = asyncio.run(scenario(harness, headers))
+        assert_openai_error(refused, 401, "invalid_request_error", "invalid_api_key")
+        assert "alice" not in refused.text and "llm_backend" not in refused.text
+    assert 'key_id="alice"' in asyncio.run(scenario(harness, auth(METRICS_TOKEN))).text
+    off = asyncio.run(scenario(Harness(tmp_path, METRICS_TOKEN=""), auth(METRICS_TOKEN)))
+    assert_openai_error(off, 404, "invalid_request_error", "not_found")
+    assert "LLM_BACKEND_METRICS_TOKEN" in off.json()["error"]["message"]
+    assert config_error(env_for(tmp_path, METRICS_TOKEN="short")).startswith("LLM_BACKEND_METRICS_TOKEN")
+
+
+@pytest.mark.parametrize(("extra", "param", "code"), [
+    ({"stream": 1}, "stream", "invalid_type"),
+    ({"stream": "true"}, "stream", "invalid_type"),
+    ({"stream": "yes"}, "stream", "invalid_type"),
+    ({"stream": True, "stream_options": "usage"}, "stream_options", "invalid_type"),
+    ({"stream": True, "stream_options": {"include_usage": "yes"}}, "stream_options.include_usage", "invalid_type"),
+    ({"n": 1_000_000}, "n", "integer_above_max_value"),
+    ({"n": "3"}, "n", "invalid_type"),
+    ({"n": 0}, "n", "integer_below_min_value"),
+    ({"max_tokens": 10**12}, "max_tokens", "integer_above_max_value"),
+    ({"max_completion_tokens": 10**12}, "max_completion_tokens", "integer_above_max_value"),
+    ({"max_tokens": 1.5}, "max_tokens", "invalid_type"),
+    ({"messages": [{"role": "user", "content": "hi"}] * 100_000}, "messages", "array_above_max_length"),
+    ({"messages": "hi"}, "messages", "invalid_type"),
+])
+def test_fields_the_gateway_acts_on_or_caps_are_400_naming_the_field(tmp_path: Path, extra: dict, param: str,
+                                                                    code: str) -> None:
+    harness = Harness(tmp_path)
+    response, = post_all(harness, ("/v1/chat/completions", chat_body(stream=False) | extra))
+    assert_openai_error(response, 400, "invalid_request_error", code, param)
+    assert harness.engine.bodies == []
+
+
+def test_caps_are_per_deployment_and_per_key(tmp_path: Path) -> None:
+    keys = write_keys(tmp_path / "caps.json", [entry("alice", sha(ALICE)),
+                                               entry("bob", sha(BOB), max_tokens=100, max_n=1, max_messages=2)])
+    harness = Harness(tmp_path, KEYS_FILE=str(keys), MAX_N="2", MAX_TOKENS="1000", MAX_MESSAGES="3")
+    two = [{"role": "user", "content": "a"}] * 2
+    alice = post_all(harness, *(("/v1/chat/completions", chat_body(stream=False) | extra) for extra in (
+        {"n": 2, "max_tokens": 1000, "messages": two * 1 + two[:1]}, {"n": 3}, {"max_tokens": 1001},
+        {"messages": two * 2})))
+    assert [r.status_code for r in alice] == [200, 400, 400, 400]
+    bob = post_all(harness, *(("/v1/chat/completions", chat_body(stream=False) | extra) for extra in (
+        {"n": 1, "max_tokens": 100, "messages": two}, {"n": 2}, {"max_tokens": 101}, {"messages": two + two[:1]})),
+        key=BOB)
+    assert [r.status_code for r in bob] == [200, 400, 400, 400]
+    assert "at most 100 (max_tokens of the key, or LLM_BACKEND_MAX_TOKENS)" in bob[2].json()["error"]["message"]
+    # A prompt given as token ids is one prompt, however many tokens.
+    completion, = post_all(harness, ("/v1/completions", {"model": MODEL, "prompt": list(range(500))}))
+    assert completion.status_code == 200
+    batch, = post_all(harness, ("/v1/completions", {"model": MODEL, "prompt": ["a", "b", "c", "d"]}))
+    assert_openai_error(batch, 400, "invalid_request_error", "array_above_max_length", "prompt")
+
+
+def test_deeply_nested_json_is_400_logged_and_counted_without_a_traceback(tmp_path: Path,
+                                                                         caplog: pytest.LogCaptureFixture) -> None:
+    keys = write_keys(tmp_path / "five.json", [entry("alice", sha(ALICE), rate_limit="5/minute")])
+    harness = Harness(tmp_path, KEYS_FILE=str(keys))
+    nested = b'{"model": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with caplog.at_level(logging.INFO):
+        answers = post_all(harness, *[("/v1/chat/completions", nested)] * 8)
+    assert [r.status_code for r in answers] == [400] * 5 + [429] * 3
+    assert_openai_error(answers[0], 400, "invalid_request_error", "invalid_json")
+    access = [json.loads(r.getMessage()) for r in caplog.records if r.name == gw.ACCESS_LOGGER]
+    assert [line["status"] for line in access] == [400] * 5 + [429] * 3
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
+def test_a_client_gone_mid_body_is_logged_without_a_traceback(tmp_path: Path,
+                                                             caplog: pytest.LogCaptureFixture) -> None:
+    harness = Harness(tmp_path)
+    messages = iter([{"type": "http.request", "body": b'{"model": "m", "messa', "more_body": True},
+                     {"type": "http.disconnect"}])
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return next(messages)
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(harness.app(asgi_scope(ALICE), receive, send))
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == gw.ACCESS_LOGGER]
+    assert [(line["status"], line["error"]) for line in lines] == [(499, "client_disconnected")]
+    assert not [r for r in caplog.records if r.exc_info]
+    assert harness.engine.requests == []
+
+
+def asgi_scope(key: str, path: str = "/v1/chat/completions") -> dict:
+    return {"type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+            "root_path": "", "client": ("192.0.2.7", 5555), "server": ("gateway", 80),
+            "headers": [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")]}
+
+
+def test_a_model_name_with_a_lone_surrogate_still_gets_its_log_line(tmp_path: Path) -> None:
+    import io
+    harness = Harness(tmp_path, lambda request: httpx.Response(400, json={"error": {"message": "no such model"}}))
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # as stdout in the container: UTF-8, strict
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(gw.JsonFormatter())
+    logger = logging.getLogger(gw.ACCESS_LOGGER)
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        body = b'{"model": "\\ud800-name", "messages": [], "stream": false}'
+        response, = post_all(harness, ("/v1/chat/completions", body))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    out.flush()
+    lines = out.buffer.getvalue().decode().splitlines()  # type: ignore[attr-defined]
+    assert response.status_code == 400
+    assert [json.loads(line)["model"] for line in lines] == ["?-name"]
+
+
+def test_the_hosts_in_flight_limit_answers_503_at_once(tmp_path: Path) -> None:
+    release, seen = asyncio.Event(), asyncio.Event()
+
+    async def slow_engine(request: httpx.Request) -> httpx.Response:
+        seen.set()
+        await release.wait()
+        return streaming_engine(request)
+
+    harness = Harness(tmp_path, slow_engine, MAX_IN_FLIGHT="1")
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response]:
+        async with harness.client() as client:
+            first = asyncio.create_task(client.post("/v1/chat/completions", headers=auth(ALICE), json=chat_body()))
+            await asyncio.wait_for(seen.wait(), 5)
+            busy = await asyncio.wait_for(client.post("/v1/chat/completions", headers=auth(BOB), json=chat_body()), 2)
+            release.set()
+            return busy, await first
+
+    busy, first = asyncio.run(scenario())
+    assert_openai_error(busy, 503, "server_error", "server_busy")
+    assert busy.headers["retry-after"] == "1" and first.status_code == 200
+    assert "llm_backend_busy_total 1.0" in harness.metrics()
+
+
+class Trickle(httpx.AsyncByteStream):
+    """An engine that sends a chunk every 50 ms for ever; records its close."""
+
+    def __init__(self) -> None:
+        self.closed = asyncio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            yield sse_events()[0]
+            await asyncio.sleep(0.05)
+
+    async def aclose(self) -> None:
+        self.closed.set()
+
+
+def test_the_total_deadline_ends_a_trickling_stream_and_frees_its_slot(tmp_path: Path) -> None:
+    trickle = Trickle()
+    harness = Harness(tmp_path, lambda request: httpx.Response(200, headers={"content-type": "text/event-stream"},
+                                                               stream=trickle), REQUEST_TIMEOUT_S="0.5")
+
+    async def scenario() -> httpx.Response:
+        async with harness.client() as client:
+            return await asyncio.wait_for(
+                client.post("/v1/chat/completions", headers=auth(CAROL), json=chat_body()), 5)
+
+    response = asyncio.run(scenario())
+    last = response.content.rstrip(b"\n").rsplit(b"\n", 1)[-1]
+    assert json.loads(last.removeprefix(b"data: "))["error"]["code"] == "request_timeout"
+    assert trickle.closed.is_set()
+    gate = harness.app.state.gateway.gate
+    assert (gate.active["carol"], gate.in_flight) == (0, 0)
+    assert 'llm_backend_deadlines_total{kind="request"} 1.0' in harness.metrics()
+
+
+def test_the_total_deadline_before_any_answer_is_504(tmp_path: Path) -> None:
+    async def hung(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(30)
+        return streaming_engine(request)
+
+    harness = Harness(tmp_path, hung, REQUEST_TIMEOUT_S="0.3")
+    response, = post_all(harness, ("/v1/chat/completions", chat_body(stream=False)))
+    assert_openai_error(response, 504, "server_error", "request_timeout")
+
+
+def test_a_client_that_stops_reading_is_cut_after_the_send_timeout(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    trickle = Trickle()
+    harness = Harness(tmp_path, lambda request: httpx.Response(200, headers={"content-type": "text/event-stream"},
+                                                               stream=trickle), SEND_TIMEOUT_S="0.3")
+    body = iter([{"type": "http.request", "body": json.dumps(chat_body()).encode(), "more_body": False}])
+    stuck = asyncio.Event()
+
+    async def receive() -> dict:
+        with suppress(StopIteration):
+            return next(body)
+        await asyncio.Event().wait()  # never a disconnect: the client is there, it just does not read
+        return {}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body":
+            stuck.set()
+            await asyncio.Event().wait()  # the client's window is full: uvicorn's send waits for it
+
+    with caplog.at_level(logging.INFO, logger=gw.ACCESS_LOGGER):
+        asyncio.run(asyncio.wait_for(harness.app(asgi_scope(CAROL), receive, send), 5))
+    assert stuck.is_set() and trickle.closed.is_set()
+    assert json.loads(caplog.records[-1].getMessage())["error"] == "client_send_timeout"
+    assert harness.app.state.gateway.gate.in_flight == 0
+
+
+def test_keys_are_reloaded_without_dropping_streams_and_a_key_can_be_disabled(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    dave = "sk-dave-unit-test-key-0123456789abcdef"
+    keys = write_keys(tmp_path / "reload.json", [entry("alice", sha(ALICE)), entry("bob", sha(BOB))])
+    release, seen = asyncio.Event(), asyncio.Event()
+
+    async def slow_engine(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST":
+            seen.set()
+            await release.wait()
+        return streaming_engine(request)
+
+    monkeypatch.setattr(gw, "KEYS_POLL_S", 0.05)
+    harness = Harness(tmp_path, slow_engine, KEYS_FILE=str(keys))
+    gateway = harness.app.state.gateway
+
+    async def scenario() -> dict[str, object]:
+        watcher = asyncio.create_task(gateway.watch_keys())
+        async with harness.client() as client:
+            streaming = asyncio.create_task(client.post("/v1/chat/completions", headers=auth(ALICE),
+                                                        json=chat_body()))
+            await asyncio.wait_for(seen.wait(), 5)
+            write_keys(keys, [entry("alice", sha(ALICE), enabled=False), entry("bob", sha(BOB)),
+                              entry("dave", sha(dave), rate_limit="10/minute")])
+            for _ in range(100):
+                if any(key.id == "dave" for key in gateway.gate.keys):
+                    break
+                await asyncio.sleep(0.05)
+            results: dict[str, object] = {
+                "alice": await client.get("/v1/models", headers=auth(ALICE)),
+                "dave": await client.get("/v1/models", headers=auth(dave))}
+            keys.write_text('{"keys": [{"id": "bob", "sha256": "' + sha(BOB) + '", "enabeld": false}]}')
+            await asyncio.sleep(0.3)
+            results["after_bad_file"] = await client.get("/v1/models", headers=auth(dave))
+            release.set()
+            results["stream"] = await asyncio.wait_for(streaming, 5)
+        watcher.cancel()
+        return results
+
+    with caplog.at_level(logging.INFO):
+        results = asyncio.run(scenario())
+    assert_openai_error(results["alice"], 401, "invalid_request_error", "invalid_api_key")
+    assert "disabled" in results["alice"].json()["error"]["message"]
+    assert results["dave"].status_code == 200 and results["after_bad_file"].status_code == 200
+    assert results["stream"].status_code == 200 and results["stream"].content == b"".join(sse_events())
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "unknown field(s) enabeld" in errors[0] and sha(BOB) not in errors[0]
+    metrics = harness.metrics()
+    assert 'llm_backend_keys_reloads_total{result="ok"} 1.0' in metrics
+    assert 'llm_backend_keys_reloads_total{result="error"} 1.0' in metrics
+    assert 'llm_backend_keys{state="disabled"} 1.0' in metrics
+
+
+def responses_engine(request: httpx.Request) -> httpx.Response:
+    """An engine serving the Responses API, completions and embeddings (simulated: these are their documented
+    shapes), and answering 404 as uvicorn does under vLLM for anything else."""
+    if request.url.path in ("/v1/models", "/health"):
+        return streaming_engine(request)
+    if request.url.path == "/v1/responses":
+        body = json.loads(request.content)
+        done = {"id": "resp_1", "object": "response", "model": MODEL, "status": "completed",
+                "output": [{"type": "message", "role": "assistant", "content": [{"type": "output_text",
+                                                                                "text": REPLY}]}],
+                "usage": {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10}}
+        if not body.get("stream"):
+            return httpx.Response(200, json=done)
+        events = [b'event: response.created\ndata: {"type":"response.created","response":{"usage":null}}\n\n',
+                  b"event: response.completed\ndata: " + json.dumps({"type": "response.completed",
+                                                                     "response": done}).encode() + b"\n\n"]
+        return httpx.Response(200, headers={"content-type": "text/event-stream"}, content=stream_of(events))
+    if request.url.path == "/v1/completions":
+        return httpx.Response(200, json={"object": "text_completion", "model": MODEL, "choices": [{"text": REPLY}],
+                                         "usage": {"prompt_tokens": 5, "completion_tokens": 6}})
+    if request.url.path == "/v1/embeddings":
+        return httpx.Response(200, json={"object": "list", "model": MODEL, "data": [{"embedding": [0.1]}],
+                                         "usage": {"prompt_tokens": 4, "total_tokens": 4}})
+    return httpx.Response(404, json={"detail": "Not Found"})
+
+
+def test_responses_completions_and_embeddings_pass_through_with_keys_limits_and_accounting(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, responses_engine)
+    harness.app.state.gateway.model_ids = frozenset({MODEL})  # as read from the engine's /v1/models
+    answers = post_all(harness, ("/v1/responses", {"model": MODEL, "input": "hi"}),
+                       ("/v1/responses", {"model": MODEL, "input": "hi", "stream": True}),
+                       ("/v1/completions", {"model": MODEL, "prompt": "hi"}),
+                       ("/v1/embeddings", {"model": MODEL, "input": "hi"}))
+    assert [r.status_code for r in answers] == [200] * 4
+    assert answers[1].content.endswith(b'"total_tokens": 10}}}\n\n')
+    assert "stream_options" not in harness.engine.bodies[1]  # not a field of the Responses API
+    metrics = harness.metrics()
+    assert f'llm_backend_tokens_total{{key_id="alice",model="{MODEL}",type="prompt"}} 23.0' in metrics  # 7+7+5+4
+    assert f'llm_backend_tokens_total{{key_id="alice",model="{MODEL}",type="completion"}} 12.0' in metrics
+    for route in ("/v1/responses", "/v1/completions", "/v1/embeddings"):
+        assert f'llm_backend_requests_total{{key_id="alice",route="{route}",status="200"}}' in metrics
+    unauthorised, = post_all(harness, ("/v1/embeddings", {"input": "x"}), key="sk-nobody-0123456789")
+    assert unauthorised.status_code == 401
+    over, = post_all(harness, ("/v1/responses", {"model": MODEL, "input": "x", "max_output_tokens": 10**9}))
+    assert over.json()["error"]["param"] == "max_output_tokens"
+
+
+@pytest.mark.parametrize(("status", "body", "passed_on"), [
+    (404, {"detail": "Not Found"}, False),  # vLLM (uvicorn) without the route
+    (404, {"error": {"code": 404, "message": "File Not Found", "type": "not_found_error"}}, False),  # llama.cpp
+    (501, {"error": {"code": 501, "message": "This server does not support embeddings. Start it with `--embeddings`",
+                     "type": "not_supported_error"}}, False),
+    (404, {"error": {"message": "The model `x` does not exist.", "type": "NotFoundError", "param": "model",
+                     "code": 404}}, True),
+])
+def test_a_route_the_engine_does_not_serve_is_an_openai_404(tmp_path: Path, status: int, body: dict,
+                                                            passed_on: bool) -> None:
+    harness = Harness(tmp_path, lambda request: httpx.Response(status, json=body))
+    response, = post_all(harness, ("/v1/embeddings", {"model": "x", "input": "hi"}))
+    assert response.status_code == 404
+    if passed_on:
+        assert response.json() == body
+    else:
+        assert_openai_error(response, 404, "invalid_request_error", "not_found")
+        assert response.json()["error"]["message"] == "the engine does not serve POST /v1/embeddings"
+
+
+def test_an_answer_over_the_size_bound_is_not_buffered(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, lambda request: httpx.Response(200, content=b"x" * 5000),
+                      MAX_RESPONSE_BYTES="4096")
+    response, = post_all(harness, ("/v1/chat/completions", chat_body(stream=False)))
+    assert_openai_error(response, 503, "server_error", "engine_answer_too_large")
+
+
+@pytest.mark.parametrize(("failures", "status", "retries"), [(1, 200, 1), (2, 503, 1)])
+def test_a_pooled_connection_closed_before_the_answer_is_retried_once(tmp_path: Path, failures: int, status: int,
+                                                                      retries: int) -> None:
+    left = [failures]
+
+    def stale_then_fine(request: httpx.Request) -> httpx.Response:
+        if request.method == "POST" and left[0] > 0:
+            left[0] -= 1
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return streaming_engine(request)
+
+    harness = Harness(tmp_path, stale_then_fine)
+    for stream in (False, True):
+        left[0] = failures
+        response, = post_all(harness, ("/v1/chat/completions", chat_body(stream=stream)))
+        assert response.status_code == status
+    assert f"llm_backend_upstream_retries_total {2.0 * retries}" in harness.metrics()

@@ -11,6 +11,7 @@ import pytest
 from ansible_collections.llm_endpoints.core.plugins.modules import llm_smoke
 
 GOOD_KEY, LIMIT_KEY, UI_KEY = "smoke-key-" + "a" * 40, "limit-key-" + "b" * 40, "ui-key-" + "c" * 40
+METRICS_TOKEN = "metrics-token-" + "d" * 30
 ERROR = json.dumps({"error": {"message": "no", "type": "invalid_request_error", "code": "x"}}).encode()
 
 
@@ -39,6 +40,9 @@ class Fake(BaseHTTPRequestHandler):
         if self.path == "/health":
             self.reply(200, b'{"status": "ok"}')
         elif self.path == "/metrics":
+            if self.key() != METRICS_TOKEN and "open-metrics" not in self.faults:
+                self.reply(401, ERROR)
+                return
             metrics = b"# nothing\n" if "no-metrics" in self.faults else b"llm_backend_requests_total 1\n"
             self.reply(200, metrics, "text/plain")
         elif self.path == "/_stcore/health":
@@ -89,7 +93,8 @@ def serve() -> Iterator:
 
 def checks(url: str) -> dict[str, bool]:
     params = {"backend_url": url, "model": "m", "backend_key": GOOD_KEY, "backend_limit_key": LIMIT_KEY,
-              "backend_limit_attempts": 3, "frontend_key": UI_KEY, "timeout_s": 10, "max_tokens": 8}
+              "backend_limit_attempts": 3, "frontend_key": UI_KEY, "timeout_s": 10, "max_tokens": 8,
+              "backend_metrics_token": METRICS_TOKEN}
     results = llm_smoke.check_backend(params) + llm_smoke.check_frontend(url, 10)
     return {c["name"]: c["passed"] for c in results}
 
@@ -105,6 +110,7 @@ def test_a_backend_and_page_that_behave_pass_every_check(serve: object) -> None:
     ("no-limit", {"backend:rate-limit"}),
     ("no-usage", {"backend:stream"}),
     ("no-metrics", {"backend:metrics"}),
+    ("open-metrics", {"backend:metrics"}),  # every key's usage to anyone
     ("no-page", {"frontend:page"}),
     ("ui-key-refused", {"frontend:backend-key"}),
 ])
@@ -116,6 +122,7 @@ def test_each_misbehaviour_fails_its_check(serve: object, fault: str, failing: s
 def test_keys_never_appear_in_what_the_checks_report(serve: object) -> None:
     url = serve()
     params = {"backend_url": url, "model": "m", "backend_key": GOOD_KEY, "backend_limit_key": LIMIT_KEY,
-              "backend_limit_attempts": 3, "frontend_key": UI_KEY, "timeout_s": 10, "max_tokens": 8}
+              "backend_limit_attempts": 3, "frontend_key": UI_KEY, "timeout_s": 10, "max_tokens": 8,
+              "backend_metrics_token": METRICS_TOKEN}
     text = json.dumps(llm_smoke.check_backend(params))
-    assert not any(key in text for key in (GOOD_KEY, LIMIT_KEY, UI_KEY))
+    assert not any(key in text for key in (GOOD_KEY, LIMIT_KEY, UI_KEY, METRICS_TOKEN))

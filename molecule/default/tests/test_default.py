@@ -55,7 +55,7 @@ def test_apps_run_as_an_unprivileged_user(host: Host) -> None:
 
 
 def test_backend_keeps_key_hashes_only(host: Host) -> None:
-    keys = host.file("/opt/llm-stack/apps/backend-keys.json")
+    keys = host.file("/opt/llm-stack/apps/backend-keys/keys.json")
     assert (keys.mode, keys.user, keys.gid) == (0o640, "root", 10001)
     entries = json.loads(keys.content_string)["keys"]
     assert {"id": "lab-user", "sha256": hashlib.sha256(BACKEND_KEY.encode()).hexdigest()} in entries
@@ -145,7 +145,9 @@ def test_backend_access_log_has_the_request_but_no_prompt_or_key(host: Host) -> 
 
 
 def test_backend_metrics_count_the_requests(host: Host) -> None:
-    metrics = host.check_output(f"curl -sS {BACKEND}/metrics")
+    # /metrics asks for the metrics token, by default the engine's key; without it every key's usage is hidden.
+    assert host.check_output(f"curl -s -o /dev/null -w '%{{http_code}}' {BACKEND}/metrics") == "401"
+    metrics = host.check_output(f"curl -sS {AUTH} {BACKEND}/metrics")
     assert 'key_id="lab-user"' in metrics
 
 
