@@ -375,8 +375,8 @@ class Metrics:
         self.upstream_errors = Counter("llm_backend_upstream_errors", "Engine failures, by reason (connect, timeout, "
                                        "status_5xx, auth, stream_interrupted, too_large).", ["reason"], registry=reg)
         self.upstream_retries = Counter("llm_backend_upstream_retries", "Requests sent to the engine a second "
-                                        "time, on a fresh connection, after a pooled one was found closed before "
-                                        "any byte of the answer.", registry=reg)
+                                        "time after a pooled connection was found closed before any byte of the "
+                                        "answer.", registry=reg)
         self.busy = Counter("llm_backend_busy", "Requests refused with 503 because the host's in-flight limit "
                             "(LLM_BACKEND_MAX_IN_FLIGHT) was reached.", registry=reg)
         self.deadlines = Counter("llm_backend_deadlines", "Requests ended by a deadline, by kind (request: the total "
@@ -421,6 +421,10 @@ class Gate:
                 else tuple(deque() for _ in key.windows)
             self.active.setdefault(key.id, 0)
         self.keys, self.hits = keys, hits
+
+    def current(self, key: ApiKey) -> ApiKey | None:
+        """The key as the keys now in use have it (its limits may have changed), or None once it was removed."""
+        return next((other for other in self.keys if other.id == key.id and other.digest == key.digest), None)
 
     def authenticate(self, authorization: str | None) -> ApiKey | None:
         """Compares the presented key's hash with every stored hash, without stopping at a match, so the time
@@ -752,8 +756,9 @@ class EngineProxy(Response):
 
     async def open_upstream(self) -> httpx.Response:
         """The engine's answer, its headers read. A pooled connection the engine closed while it was idle fails
-        before any byte of the answer (and before the engine saw the request): that is sent once more, on a
-        fresh connection; nothing has reached the client yet."""
+        before any byte of the answer (the engine never saw the request): the request is sent once more (httpx
+        drops the connection it found closed); nothing has reached the client yet. Once only: an engine that
+        fails again is down, and the client gets the 503."""
         gw = self.gateway
         for attempt in (1, 2):
             request = gw.client.build_request("POST", self.url, content=self.payload)
@@ -1133,8 +1138,12 @@ class Gateway:
             if options.get("include_usage") is not True:
                 body["stream_options"] = {**options, "include_usage": True}
                 raw = json.dumps(body, separators=(",", ":")).encode()
-        # Checked again, with no await before the count: other requests may have been admitted while this body
-        # was read. Only an admitted request (within the rate and the concurrency limits) is counted.
+        # Checked again, with no await before the count: other requests may have been admitted, and the keys read
+        # again, while this body was read. Only an admitted request (within the rate and the limits) is counted.
+        key = self.gate.current(key)
+        if key is None or not key.enabled:
+            return self.done(exchange, error_response(401, "this API key was revoked while its request arrived",
+                                                      "invalid_request_error", "invalid_api_key"))
         now = time.monotonic()
         refusal = self.over_rate(key, now)
         if refusal is not None:

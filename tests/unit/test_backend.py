@@ -1229,3 +1229,34 @@ def test_a_pooled_connection_closed_before_the_answer_is_retried_once(tmp_path: 
         response, = post_all(harness, ("/v1/chat/completions", chat_body(stream=stream)))
         assert response.status_code == status
     assert f"llm_backend_upstream_retries_total {2.0 * retries}" in harness.metrics()
+
+
+def test_a_key_revoked_while_its_body_arrives_is_refused(tmp_path: Path) -> None:
+    keys = write_keys(tmp_path / "revoke.json", [entry("alice", sha(ALICE)), entry("bob", sha(BOB))])
+    harness = Harness(tmp_path, KEYS_FILE=str(keys))
+    gateway = harness.app.state.gateway
+    first_part = asyncio.Event()
+    sent: list[dict] = []
+
+    async def scenario() -> None:
+        body = json.dumps(chat_body(stream=False)).encode()
+        parts = iter([{"type": "http.request", "body": body[:10], "more_body": True},
+                      {"type": "http.request", "body": body[10:], "more_body": False}])
+
+        async def receive() -> dict:
+            message = next(parts)
+            if not message["more_body"]:
+                first_part.set()
+                write_keys(keys, [entry("bob", sha(BOB))])
+                assert gateway.reload_keys()
+            return message
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await asyncio.wait_for(harness.app(asgi_scope(ALICE), receive, send), 5)
+
+    asyncio.run(scenario())
+    assert first_part.is_set() and sent[0]["status"] == 401
+    assert json.loads(sent[1]["body"])["error"]["code"] == "invalid_api_key"
+    assert harness.engine.requests == []
