@@ -109,10 +109,12 @@ class Cases:
     failed: set[str]  # the cases whose host failed a task (errors not ignored) or was unreachable
 
 
-def run_cases(tmp_path: Path, playbook: str, cases: dict[str, dict], envvars: dict | None = None) -> Cases:
+def run_cases(tmp_path: Path, playbook: str, cases: dict[str, dict], envvars: dict | None = None,
+              extravars: dict | None = None) -> Cases:
     """Run a playbook once over one local inventory host per case, the case's variables as that host's: Ansible's
     start-up (a few CPU seconds a run) is paid once for many bad-input cases, each still judged on its own lines.
-    The variables are inventory host variables, not extra vars: a case must not set what a role sets itself."""
+    The variables are inventory host variables, not extra vars: a case must not set what a role sets itself.
+    `extravars` are the run's, shared by every case (what the playbook itself needs, such as simulated hosts)."""
     reports = tmp_path / "reports"
     (tmp_path / "runner" / "inventory").mkdir(parents=True, exist_ok=True)
     hosts = {name: {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, **variables}
@@ -124,6 +126,7 @@ def run_cases(tmp_path: Path, playbook: str, cases: dict[str, dict], envvars: di
         envvars={"ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_COLLECTIONS_PATH": str(ROOT / ".collection"),
                  "LLM_REPORT_DIR": str(reports), "ANSIBLE_NOCOLOR": "1",
                  "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}", **(envvars or {})},
+        extravars=extravars or {},
         quiet=True,
     )
     lines: dict[str, list[str]] = {name: [] for name in cases}

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from llm_fixture import run_playbook
+from llm_fixture import Cases, run_cases, run_playbook
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / ".cache/promtool/usr/bin"
@@ -129,14 +129,6 @@ def test_the_key_of_a_host_that_left_the_group_is_removed(tmp_path: Path) -> Non
     assert "llm_engine:cpu-1" not in (out / "prometheus/prometheus.yml").read_text()
 
 
-def test_a_service_on_another_hosts_loopback_is_refused_naming_its_variable(tmp_path: Path) -> None:
-    fleet = [{"name": "gpu-1", "address": "10.0.0.1", "backend": True}]  # engine on 127.0.0.1 by default
-    out, output, rc = render(tmp_path, fleet)
-    assert rc != 0
-    assert "gpu-1: llm_stack_bind_address" in output, output[-3000:]
-    assert not out.exists()
-
-
 def test_alertmanager_configuration_is_valid_and_private(tmp_path: Path) -> None:
     hook = "https://hooks.example.net/services/T000/B000/secret-token-0123"
     out, output, rc = render(tmp_path, monitoring_alertmanager_webhook_urls=[hook])
@@ -149,7 +141,8 @@ def test_alertmanager_configuration_is_valid_and_private(tmp_path: Path) -> None
     assert hook not in output and ENGINE_KEY not in output
 
 
-@pytest.mark.parametrize(("variable", "value", "want"), [
+# Each refused input, and a service published on another host's loopback: one site per case, all in one run.
+BAD_INPUTS = [
     ("monitoring_alert_kv_cache_usage", 1.5, "a number from 0 to 1"),
     ("monitoring_alert_engine_down_for_s", "1m", "a whole number from 0 to 86400"),
     ("monitoring_scrape_interval_s", 0, "a whole number from 1 to 300"),
@@ -159,19 +152,32 @@ def test_alertmanager_configuration_is_valid_and_private(tmp_path: Path) -> None
     ("monitoring_hosts_group", "no_such_group", "an inventory group with hosts"),
     ("monitoring_image_archives", ["images/prometheus.tar"], "a list of absolute paths of .tar archives"),
     ("monitoring_image_archives", ["/srv/images/prometheus.tgz"], "a list of absolute paths of .tar archives"),
-])
-def test_a_bad_input_is_refused_by_name_before_anything_is_written(tmp_path: Path, variable: str, value: object,
-                                                                   want: str) -> None:
-    out, output, rc = render(tmp_path, **{variable: value})
-    assert rc != 0
-    assert variable in output and want in output, output[-3000:]
-    assert not out.exists()
+    ("monitoring_alertmanager_webhook_urls", ["https://user:s3cret-pass@hooks.example.net/alert"],
+     "a list of http(s) URLs"),
+    # lo-1 runs the backend, so its engine is on 127.0.0.1 by default: another host's Prometheus cannot reach it.
+    ("monitoring_hosts_group", "loopback_fleet", "lo-1: llm_stack_bind_address"),
+]
 
 
-def test_a_webhook_url_with_user_info_is_refused_without_showing_it(tmp_path: Path) -> None:
-    hook = "https://user:s3cret-pass@hooks.example.net/alert"
-    out, output, rc = render(tmp_path, monitoring_alertmanager_webhook_urls=[hook])
-    assert rc != 0
-    assert "monitoring_alertmanager_webhook_urls must be a list of http(s) URLs" in output
-    assert "s3cret-pass" not in output
-    assert not out.exists()
+@pytest.fixture(scope="module")
+def refusals(tmp_path_factory: pytest.TempPathFactory) -> tuple[Cases, Path]:
+    work = tmp_path_factory.mktemp("refusals")
+    cases = {f"site-{index}": {"monitoring_dir": str(work / f"site-{index}"), "monitoring_hosts_group": "fleet",
+                               **THRESHOLDS, variable: value}
+             for index, (variable, value, _) in enumerate(BAD_INPUTS)}
+    fleets = {"fleet": FLEET, "loopback_fleet": [{"name": "lo-1", "address": "10.0.0.9", "backend": True}]}
+    runs = run_cases(work, "monitoring_cases.yml", cases, extravars={"monitoring_test_fleets": fleets})
+    return runs, work
+
+
+@pytest.mark.parametrize(("index", "variable", "want"), [(i, v, w) for i, (v, _, w) in enumerate(BAD_INPUTS)],
+                         ids=[f"{i}-{v}" for i, (v, _, _) in enumerate(BAD_INPUTS)])
+def test_a_bad_input_is_refused_by_name_before_anything_is_written(refusals: tuple[Cases, Path], index: int,
+                                                                   variable: str, want: str) -> None:
+    runs, work = refusals
+    site, output = f"site-{index}", runs.hosts[f"site-{index}"]
+    assert site in runs.failed, output[-3000:]
+    assert want in output, output[-3000:]
+    assert variable in output or want.startswith("lo-1:"), output[-3000:]  # the loopback case names the bind variable
+    assert "s3cret-pass" not in runs.output
+    assert not (work / site).exists()
