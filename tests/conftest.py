@@ -27,7 +27,8 @@ def engine() -> Iterator[Engine]:
 ENGINE_FILES = {"test_chat_ui.py", "test_backend_live.py", "test_checks.py", "test_collection.py", "test_doctor.py"}
 SERIAL_FILES = {"test_stage_vllm.py", "test_check_inputs.py"}
 BATCHES = {("test_render_stack.py", "test_bad_inputs_fail_before_any_change"),
-           ("test_apps.py", "test_bad_inputs_fail_before_anything_is_written")}
+           ("test_apps.py", "test_bad_inputs_fail_before_anything_is_written"),
+           ("test_rules.py", "test_a_bad_input_is_refused_by_name_before_anything_is_written")}
 
 
 def scope_of(nodeid: str) -> str:

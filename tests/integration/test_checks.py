@@ -4,7 +4,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from llm_fixture import Engine, run_checks
+import pytest
+from llm_fixture import Cases, Engine, run_cases, run_checks
 
 LAB_THROUGHPUT = {"llm_throughput_concurrency": [1, 2], "llm_throughput_requests_per_level": 3,
                   "llm_throughput_max_tokens": 24, "llm_throughput_warmup_requests": 1}
@@ -45,36 +46,35 @@ def test_healthy_engine_passes_and_reports(engine: Engine, tmp_path: Path) -> No
     assert engine.api_key not in run.output
 
 
-def test_wrong_model_name_fails_with_clear_message(engine: Engine, tmp_path: Path) -> None:
-    run = run_checks(tmp_path, {**good_vars(engine, tmp_path), "llm_stack_served_model_name": "openai/gpt-oss-20b"})
-    assert run.rc != 0
-    assert "check 'models': expected 'openai/gpt-oss-20b' among the served model ids" in run.output
-    assert f"ids=['{engine.model}']" in run.output
-    assert not (run.report_dir / "itest").exists()
+# Refusals, each one host of one run (the engine is shared; only the threshold case benchmarks: one level of two
+# requests is enough to judge the single-stream floor).
+REFUSALS = {
+    "wrong-model": ({"llm_stack_served_model_name": "openai/gpt-oss-20b"},
+                    ["check 'models': expected 'openai/gpt-oss-20b' among the served model ids", "ids=['{model}']"]),
+    "key-mismatch": ({"llm_stack_api_key": "wrong-key-for-the-test"},
+                     ["check 'auth:with-key': expected HTTP 200 with the API key", "came back: HTTP 401"]),
+    "threshold": ({"llm_throughput_min_decode_tps": 100000, "llm_throughput_concurrency": [1],
+                   "llm_throughput_requests_per_level": 2},
+                  ["single-stream decode: measured", "required 100000 (llm_throughput_min_decode_tps"]),
+    "unknown-profile": ({"llm_smoke_profile": "nonexistent"}, ["llm_smoke_profile 'nonexistent' is unknown"]),
+}
 
 
-def test_api_key_mismatch_fails_with_clear_message(engine: Engine, tmp_path: Path) -> None:
-    wrong = "wrong-key-for-the-test"
-    run = run_checks(tmp_path, {**good_vars(engine, tmp_path), "llm_stack_api_key": wrong})
-    assert run.rc != 0
-    assert "check 'auth:with-key': expected HTTP 200 with the API key" in run.output
-    assert "came back: HTTP 401" in run.output
-    assert wrong not in run.output and engine.api_key not in run.output
+@pytest.fixture(scope="module")
+def refusals(engine: Engine, tmp_path_factory: pytest.TempPathFactory) -> Cases:
+    work = tmp_path_factory.mktemp("refusals")
+    return run_cases(work, "checks.yml", {name: {**good_vars(engine, work / name), **overrides}
+                                          for name, (overrides, _) in REFUSALS.items()})
 
 
-def test_too_high_threshold_fails_with_measured_and_required(engine: Engine, tmp_path: Path) -> None:
-    # The floor is judged on the single-stream level: one level of two requests is enough to measure it.
-    run = run_checks(tmp_path, {**good_vars(engine, tmp_path), "llm_throughput_min_decode_tps": 100000,
-                                "llm_throughput_concurrency": [1], "llm_throughput_requests_per_level": 2})
-    assert run.rc != 0
-    assert "single-stream decode: measured" in run.output
-    assert "required 100000 (llm_throughput_min_decode_tps" in run.output
-
-
-def test_unknown_smoke_profile_fails_before_any_request(engine: Engine, tmp_path: Path) -> None:
-    run = run_checks(tmp_path, {**good_vars(engine, tmp_path), "llm_smoke_profile": "nonexistent"})
-    assert run.rc != 0
-    assert "llm_smoke_profile 'nonexistent' is unknown" in run.output
+@pytest.mark.parametrize("case", list(REFUSALS))
+def test_a_failing_check_fails_its_host_saying_what_was_wrong(refusals: Cases, engine: Engine, case: str) -> None:
+    output = refusals.hosts[case]
+    assert case in refusals.failed, output[-3000:]
+    for fragment in REFUSALS[case][1]:
+        assert fragment.format(model=engine.model) in output, output[-3000:]
+    for secret in (engine.api_key, "wrong-key-for-the-test"):
+        assert secret not in refusals.output
 
 
 def test_report_fails_loudly_on_a_malformed_producer_fact(engine: Engine, tmp_path: Path) -> None:
