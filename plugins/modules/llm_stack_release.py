@@ -33,6 +33,14 @@ description:
     all; never the current, previous, applied one or the one switched from.
   - I(state=good) without I(release) marks nothing when the containers run another release than the current one (a
     run interrupted between its switch and its reload).
+  - A release already on the host whose compose file differs from what its id stands for (edited by hand on the
+    host) is rewritten by I(state=deployed) or I(state=staged) and reported as changed (C(drifted)), with a warning;
+    under C(--check) it is only reported. The id stands for the compose file and the env files' contents, so a
+    hand-edited file would otherwise run at the next reload or reboot while every run reported nothing to do.
+  - With I(containers), the project's containers are read from Docker (C(docker ps), C(docker inspect)), each
+    service's state, exit code, OOMKilled, restart count and health (C(containers)), and which services of the
+    release have no running container (C(down)), for the caller to bring back (a reload) or to report. Read-only,
+    in check mode too.
   - The pointer is switched by renaming a new link over the old one (atomic). Nothing is started or reloaded here.
 options:
   dir:
@@ -87,6 +95,17 @@ options:
     description: Releases kept in all (the current and the previous one included).
     type: int
     default: 3
+  containers:
+    description:
+      - Read the state of the project's containers (C(containers), C(down)). Nothing is started or changed.
+      - Skipped (C(containers) null) where the host has no Docker CLI or Docker does not answer.
+    type: bool
+    default: false
+  project:
+    description:
+      - The compose project's name, for I(containers) (the label C(com.docker.compose.project)).
+      - Default the name in I(compose), else the one the release recorded.
+    type: str
 author: llm-endpoints project
 """
 
@@ -104,6 +123,14 @@ EXAMPLES = r"""
     dir: /opt/llm-stack
     state: current
     release: "{{ rollout.previous }}"
+    containers: true
+
+- name: What Docker says of the containers (no change)
+  llm_endpoints.core.llm_stack_release:
+    dir: /opt/llm-stack
+    state: query
+    containers: true
+    project: llm-stack
 """
 
 RETURN = r"""
@@ -149,6 +176,26 @@ benchmark:
     call so that the role needs no call of its own; an empty dict when it has none or it is not a JSON object.
   type: dict
   returned: always
+drifted:
+  description: >-
+    Files of the release (relative to I(dir)) that differed from what its id stands for: rewritten, or under
+    C(--check) to be rewritten (deployed and staged).
+  type: list
+  returned: always
+containers:
+  description: >-
+    With I(containers): per compose service, its container as Docker describes it (name, status, running,
+    exit_code, oom_killed, restart_count, health - null without a health check -, started_at, finished_at, error,
+    and summary, one line naming all of them); a running container is preferred where a service has several. Null
+    without I(containers) or when Docker cannot be asked.
+  type: dict
+  returned: always
+down:
+  description: >-
+    With I(containers): the release's services without a running (or restarting) container, sorted: stopped,
+    exited, created, paused or removed. Empty without I(containers), or when Docker cannot be asked.
+  type: list
+  returned: always
 """
 
 RELEASE_ID = re.compile(r"^(legacy-)?[0-9a-f]{12}$")
@@ -192,6 +239,7 @@ class Releases:
         self.dir = os.path.abspath(module.params["dir"])
         self.root = os.path.join(self.dir, "releases")
         self.check = module.check_mode
+        self.diffs: list[dict[str, str]] = []
 
     # --- reading ---
     def path(self, release: str) -> str:
@@ -280,6 +328,44 @@ class Releases:
     def _write_json(self, path: str, data: Any) -> None:
         self._write_text(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
+    def _write_compose(self, path: str, text: str, release: str) -> None:
+        """Write a release's compose file, validated (`docker compose config -q`) before it is renamed into place."""
+        fd, temp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-", suffix=".yml")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.chmod(temp, 0o644)
+            if self.module.params["validate"]:
+                docker = self.module.get_bin_path("docker", required=True)
+                rc, _, err = self.module.run_command(
+                    [docker, "compose", "--project-directory", self.dir, "-f", temp, "config", "-q"])
+                if rc != 0:
+                    self.module.fail_json(msg=f"the compose file of release {release} is not valid: {err.strip()}")
+            os.replace(temp, path)
+        finally:
+            if os.path.lexists(temp):
+                os.unlink(temp)
+
+    def repair(self, release: str, expected: str) -> list[str]:
+        """The release's compose file as its id stands for: a hand edit on the host would run at the next reload or
+        reboot while every run found the release unchanged (same id). Returns the files that differed."""
+        path = os.path.join(self.path(release), "docker-compose.yml")
+        rel = os.path.relpath(path, self.dir)
+        actual = None
+        if os.path.isfile(path) and not os.path.islink(path):
+            with open(path, "rb") as handle:
+                actual = handle.read().decode("utf-8", errors="replace")
+        if actual == expected:
+            return []
+        self.diffs.append({"before_header": rel, "after_header": rel, "before": actual or "", "after": expected})
+        what = "is missing" if actual is None else "differs from what the release id stands for (edited on the host?)"
+        done = "it would be rewritten (check mode)" if self.check else "rewritten"
+        self.module.warn(f"release {release}: {rel} {what}; {done}. Every run undoes a hand edit there: change the "
+                         "inventory instead.")
+        if not self.check:
+            self._write_compose(path, expected, release)
+        return [rel]
+
     def resolve(self, services: dict[str, Any]) -> dict[str, dict[str, Any]]:
         refs = sorted({str(s.get("image")) for s in services.values() if isinstance(s, dict) and s.get("image")})
         found: dict[str, dict[str, Any]] = {}
@@ -309,7 +395,7 @@ class Releases:
             images[name] = entry
         return images
 
-    def write(self, compose: dict[str, Any], text: str) -> tuple[str, bool, dict[str, Any]]:
+    def write(self, compose: dict[str, Any], text: str) -> tuple[str, bool, dict[str, Any], list[str]]:
         services = compose.get("services")
         if not isinstance(services, dict) or not services:
             self.module.fail_json(msg="compose must be a compose project with at least one service")
@@ -321,22 +407,16 @@ class Releases:
         env_files = [{"path": rel} for rel, _ in env_hashes]
         release = hashlib.sha256(seed.encode("utf-8")).hexdigest()[:12]
         target = self.path(release)
+        compose_text = HEADER.format(id=release, project=compose.get("name", "")) + body
         if os.path.isfile(os.path.join(target, "release.json")):
-            return release, False, images
+            return release, False, images, self.repair(release, compose_text)
         if self.check:
-            return release, True, images
+            return release, True, images, []
         self.ensure_root()
         staging = tempfile.mkdtemp(dir=self.root, prefix=f".{release}-")
         try:
             os.chmod(staging, 0o755)
-            compose_path = os.path.join(staging, "docker-compose.yml")
-            self._write_text(compose_path, HEADER.format(id=release, project=compose.get("name", "")) + body)
-            if self.module.params["validate"]:
-                docker = self.module.get_bin_path("docker", required=True)
-                rc, _, err = self.module.run_command(
-                    [docker, "compose", "--project-directory", self.dir, "-f", compose_path, "config", "-q"])
-                if rc != 0:
-                    self.module.fail_json(msg=f"the compose file of release {release} is not valid: {err.strip()}")
+            self._write_compose(os.path.join(staging, "docker-compose.yml"), compose_text, release)
             now = datetime.datetime.now(datetime.UTC)
             self._write_json(os.path.join(staging, "release.json"), {
                 "id": release, "project": compose.get("name"), "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -348,7 +428,7 @@ class Releases:
         finally:
             if os.path.isdir(staging):
                 shutil.rmtree(staging, ignore_errors=True)
-        return release, True, images
+        return release, True, images, []
 
     def switch(self, release: str) -> bool:
         if self.current() == release and os.path.islink(os.path.join(self.dir, "docker-compose.yml")):
@@ -407,6 +487,108 @@ class Releases:
         return doomed
 
 
+    def containers(self, project: str | None) -> dict[str, dict[str, Any]] | None:
+        """The project's containers by compose service, as Docker describes them; None when Docker cannot be asked."""
+        docker = self.module.get_bin_path("docker")
+        if not docker or not project:
+            return None
+        rc, out, _ = self.module.run_command(
+            [docker, "ps", "--all", "--quiet", "--no-trunc", "--filter", f"label=com.docker.compose.project={project}",
+             "--filter", "label=com.docker.compose.oneoff=False"])
+        if rc != 0:
+            return None
+        ids = out.split()
+        if not ids:
+            return {}
+        # A container removed between the two calls: inspect exits 1 but still prints the others.
+        _, out, _ = self.module.run_command([docker, "inspect", *ids])
+        try:
+            data = json.loads(out)
+        except ValueError:
+            return None
+        return by_service(data) if isinstance(data, list) else None
+
+
+UP_STATES = ("running", "restarting")
+
+
+def _timestamp(value: Any) -> str | None:
+    """Docker's 2026-12-06T08:00:00.123456789Z -> 2026-12-06T08:00:00Z; its zero time (never) -> None."""
+    text = str(value or "")
+    if not text or text.startswith("0001-"):
+        return None
+    return text.split(".", 1)[0].rstrip("Z") + "Z"
+
+
+def container_state(data: dict[str, Any]) -> dict[str, Any]:
+    """One `docker inspect` entry as the fields a person needs to tell why a service is not serving."""
+    state = data.get("State") or {}
+    labels = (data.get("Config") or {}).get("Labels") or {}
+    entry = {
+        "name": str(data.get("Name", "")).lstrip("/"),
+        "service": labels.get("com.docker.compose.service"),
+        "status": str(state.get("Status") or "unknown"),
+        "running": state.get("Status") == "running",
+        "exit_code": state.get("ExitCode"),
+        "oom_killed": bool(state.get("OOMKilled")),
+        "restart_count": int(data.get("RestartCount") or 0),
+        "health": (state.get("Health") or {}).get("Status"),
+        "started_at": _timestamp(state.get("StartedAt")),
+        "finished_at": _timestamp(state.get("FinishedAt")),
+        "error": state.get("Error") or None,
+    }
+    entry["summary"] = describe_container(entry)
+    return entry
+
+
+def absent_container(service: str) -> dict[str, Any]:
+    entry = {"name": None, "service": service, "status": "absent", "running": False, "exit_code": None,
+             "oom_killed": False, "restart_count": 0, "health": None, "started_at": None, "finished_at": None,
+             "error": None}
+    entry["summary"] = describe_container(entry)
+    return entry
+
+
+def describe_container(entry: dict[str, Any]) -> str:
+    """One line with what Docker says: state (and since when), exit code, OOMKilled, restart count, health."""
+    if entry["status"] == "absent":
+        return f"no container for service {entry['service']} (removed, or never created)"
+    since = entry["started_at"] if entry["status"] in UP_STATES else entry["finished_at"]
+    health = entry["health"] or "none (no health check)"
+    line = (f"container {entry['name']}: state {entry['status']}{f' since {since}' if since else ''}, "
+            f"exit code {entry['exit_code']}, OOMKilled {str(entry['oom_killed']).lower()}, "
+            f"restart count {entry['restart_count']}, health {health}")
+    return line + (f", error: {entry['error']}" if entry["error"] else "")
+
+
+def by_service(inspected: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per compose service, one container: a running one where there is one, else the one started last."""
+    found: dict[str, dict[str, Any]] = {}
+    for entry in (container_state(d) for d in inspected if isinstance(d, dict)):
+        service = entry["service"]
+        if not service:
+            continue
+        rank = (entry["status"] in UP_STATES, entry["started_at"] or "")
+        have = found.get(service)
+        if have is None or rank > (have["status"] in UP_STATES, have["started_at"] or ""):
+            found[service] = entry
+    return found
+
+
+def long_running(compose: dict[str, Any]) -> list[str]:
+    """The services meant to keep running: one that runs once (restart "no" or on-failure) is done, not down, when it
+    has exited."""
+    def restart(service: Any) -> str:
+        return str(service.get("restart", "") if isinstance(service, dict) else "").split(":")[0]
+    return [name for name, service in (compose.get("services") or {}).items()
+            if restart(service) not in ("no", "False", "on-failure")]
+
+
+def services_down(services: list[str], containers: dict[str, dict[str, Any]]) -> list[str]:
+    """The services without a running or restarting container (Docker restarts the latter itself)."""
+    return sorted(s for s in services if (containers.get(s) or {}).get("status") not in UP_STATES)
+
+
 def pin_images(text: str, images: dict[str, dict[str, Any]]) -> str:
     """Rewrite each `image: <ref>` line of the rendered compose file to its pinned reference."""
     for ref, pinned in sorted({(e["ref"], e["pinned"]) for e in images.values()}):
@@ -448,6 +630,8 @@ def main() -> None:
             "resolve_images": {"type": "bool", "default": True},
             "validate": {"type": "bool", "default": True},
             "keep": {"type": "int", "default": 3},
+            "containers": {"type": "bool", "default": False},
+            "project": {"type": "str"},
         },
         required_if=[("state", "deployed", ["compose", "compose_text"]),
                      ("state", "staged", ["compose", "compose_text"]),
@@ -476,13 +660,19 @@ def main() -> None:
     created = False
     images: dict[str, Any] = {}
     switched = False
+    drifted: list[str] = []
+    # What the probe compares the containers with, and the project it looks for (release.json records both).
+    services: list[str] = []
+    project = params["project"]
 
     if state in ("deployed", "staged"):
+        services = long_running(params["compose"])
+        project = project or params["compose"].get("name")
         try:
-            release, created, images = releases.write(params["compose"], params["compose_text"])
+            release, created, images, drifted = releases.write(params["compose"], params["compose_text"])
         except ValueError as err:
             module.fail_json(msg=str(err))
-        changed |= created
+        changed |= created or bool(drifted)
         if state == "deployed":
             switched = releases.switch(release)
     elif state == "current":
@@ -503,7 +693,8 @@ def main() -> None:
             # An endpoint this collection did not deploy (no releases): nothing to mark.
             module.exit_json(changed=False, release=None, current_before=None, current=None, previous=None,
                              switched=False, created=False, pruned=[], images={}, applied=applied, good=False,
-                             releases=[], benchmark={}, msg=f"no release in {releases.dir}: nothing to mark known-good")
+                             releases=[], benchmark={}, drifted=[], containers=None, down=[],
+                             msg=f"no release in {releases.dir}: nothing to mark known-good")
         if not os.path.isdir(releases.path(release)):
             module.fail_json(msg=f"no release {release!r} to mark known-good")
         if params["release"] is None and applied is not None and applied != release:
@@ -511,7 +702,7 @@ def main() -> None:
             module.exit_json(changed=False, release=release, current_before=current_before, current=current_before,
                              previous=releases.previous(), switched=False, created=False, pruned=[], images={},
                              applied=applied, good=releases.is_good(release), releases=releases.listing(),
-                             benchmark=releases.benchmark(release),
+                             benchmark=releases.benchmark(release), drifted=[], containers=None, down=[],
                              msg=f"the containers run release {applied}, not the current {release}: nothing marked")
         changed |= releases.mark_good(release)
     else:
@@ -527,10 +718,23 @@ def main() -> None:
         protect = {p for p in (current, previous, release, current_before, applied) if p}
         pruned = releases.prune(params["keep"], protect)
         changed |= bool(pruned)
+    containers = None
+    down: list[str] = []
+    # A staged release does not run yet: its containers would say nothing about it.
+    if params["containers"] and state != "staged":
+        if state != "deployed" and release:
+            services = list(releases.info(release).get("images") or {})
+            project = project or releases.info(release).get("project")
+        containers = releases.containers(project)
+        if containers is not None:
+            containers.update({s: absent_container(s) for s in services if s not in containers})
+            down = services_down(services, containers)
+    extra: dict[str, Any] = {"diff": releases.diffs[0]} if module._diff and releases.diffs else {}
     module.exit_json(changed=changed, release=release, current_before=current_before, current=current,
                      previous=previous, switched=switched, created=created, pruned=pruned, images=images,
                      applied=applied, good=bool(release) and releases.is_good(release), releases=releases.listing(),
-                     benchmark=releases.benchmark(release))
+                     benchmark=releases.benchmark(release), drifted=drifted, containers=containers, down=down,
+                     **extra)
 
 
 if __name__ == "__main__":

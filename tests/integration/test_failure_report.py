@@ -19,8 +19,15 @@ def test_a_failed_step_is_reported_and_the_host_still_fails(tmp_path: Path) -> N
     assert report["failure"]["task"] == "Engine answers on /health"
     assert "test failure m-42" in report["failure"]["message"]
     assert report["engine_log"] == []  # no compose project here: no log, and no error from looking for one
+    # What Docker says of the engine's container comes before the log: here, that there is none ({} where the
+    # machine has no Docker engine to ask).
+    container = report["engine_container"]
+    assert container == {} or container["summary"] == "no container for service engine (removed, or never created)"
     markdown = (run.report_dir / "failure-test" / "localhost.md").read_text()
     assert "## What failed" in markdown and "test failure m-42" in markdown
+    docker_said = markdown.index("## Engine's container (Docker)")
+    assert docker_said < markdown.index("## Engine's last log lines")
+    assert container.get("summary", "Docker could not be asked.") in markdown[docker_said:]
     fleet = (run.report_dir / "failure-test" / "fleet.md").read_text()
     assert "| localhost | fail at Engine answers on /health |" in fleet
     assert not lock.exists()

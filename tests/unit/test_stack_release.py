@@ -198,3 +198,142 @@ def test_the_release_comes_with_its_benchmark_record(tmp_path: Path, capsys: Cap
     assert run(capsys, tmp_path, state="query")["benchmark"] == {}
     (tmp_path / "releases" / second["release"] / "benchmark.json").write_text("{cut short")
     assert run(capsys, tmp_path, state="query")["benchmark"] == {}
+
+
+# --- a release edited on the host (drift) ---------------------------------------------------------------------------
+def test_a_hand_edited_compose_file_is_reported_in_check_mode_then_rewritten(tmp_path: Path, capsys: Cap) -> None:
+    (tmp_path / "engine.env").write_text("A=1\n")
+    args = {"compose": COMPOSE, "env_files": ["engine.env"]}
+    release = run(capsys, tmp_path, **args)["release"]
+    compose = tmp_path / "releases" / release / "docker-compose.yml"
+    written = compose.read_text()
+    edited = "# raised by hand\n" + written.replace("local/engine:abc", "local/engine:hand")
+    compose.write_text(edited)
+    rel = f"releases/{release}/docker-compose.yml"
+    # --check --diff: reported as changed, with the diff, and nothing written.
+    checked = run(capsys, tmp_path, check=True, _ansible_diff=True, **args)
+    assert checked["changed"] and checked["drifted"] == [rel] and checked["release"] == release
+    assert not checked["created"] and not checked["switched"]
+    assert checked["diff"] == {"before_header": rel, "after_header": rel, "before": edited, "after": written}
+    # ansible-core 2.19 returns each warning as a summary of an event.
+    warnings = [w["event"]["msg"] if isinstance(w, dict) else w for w in checked["warnings"]]
+    assert any(rel in w and "would be rewritten" in w for w in warnings), warnings
+    assert compose.read_text() == edited
+    # The real run rewrites it (same release id: what the id stands for), then nothing is left to do.
+    fixed = run(capsys, tmp_path, **args)
+    assert fixed["changed"] and fixed["drifted"] == [rel] and fixed["release"] == release
+    assert "diff" not in fixed  # only with --diff
+    assert compose.read_text() == written and compose.stat().st_mode & 0o777 == 0o644
+    assert not run(capsys, tmp_path, **args)["changed"]
+    # A compose file removed, or replaced by a link to another file, is put back as well.
+    compose.unlink()
+    assert run(capsys, tmp_path, **args)["drifted"] == [rel] and compose.read_text() == written
+    (tmp_path / "other.yml").write_text(edited)
+    compose.unlink()
+    compose.symlink_to(tmp_path / "other.yml")
+    assert run(capsys, tmp_path, **args)["drifted"] == [rel]
+    assert not compose.is_symlink() and compose.read_text() == written
+    assert (tmp_path / "other.yml").read_text() == edited
+
+
+def test_a_staged_release_edited_on_the_host_is_rewritten_too(tmp_path: Path, capsys: Cap) -> None:
+    run(capsys, tmp_path, compose=engine("local/engine:1"))
+    staged = run(capsys, tmp_path, state="staged", compose=engine("local/engine:2"))["release"]
+    compose = tmp_path / "releases" / staged / "docker-compose.yml"
+    written = compose.read_text()
+    compose.write_text(written + "# note\n")
+    again = run(capsys, tmp_path, state="staged", compose=engine("local/engine:2"))
+    assert again["changed"] and again["drifted"] == [f"releases/{staged}/docker-compose.yml"]
+    assert compose.read_text() == written
+
+
+# --- the containers as Docker describes them ------------------------------------------------------------------------
+SERVICES = ("engine", "backend", "frontend", "node-exporter")
+STACK = {"name": "llm-stack", "services": {s: {"image": f"local/{s}:1"} for s in SERVICES}}
+
+
+def inspected(service: str, status: str, **state: Any) -> dict[str, Any]:
+    """A `docker inspect` entry of a compose container (the fields the module reads, as Docker 20.10 writes them)."""
+    return {"Id": f"id-{service}-{status}", "Name": f"/llm-stack-{service}-1", "RestartCount": state.pop("restarts", 0),
+            "Config": {"Labels": {"com.docker.compose.project": "llm-stack", "com.docker.compose.service": service}},
+            "State": {"Status": status, "Running": status == "running", "ExitCode": state.pop("exit_code", 0),
+                      "OOMKilled": state.pop("oom", False), "Error": "", "StartedAt": "2026-12-06T08:00:00.5Z",
+                      "FinishedAt": state.pop("finished", "0001-01-01T00:00:00Z"), **state}}
+
+
+@pytest.fixture
+def docker(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """A fake Docker CLI: `docker ps` lists the containers in the returned list, `docker inspect` describes them."""
+    containers: list[dict[str, Any]] = []
+
+    def run_command(_self: Any, argv: list[str], **_: Any) -> tuple[int, str, str]:
+        if argv[1] == "ps":
+            assert {"label=com.docker.compose.project=llm-stack", "label=com.docker.compose.oneoff=False"} <= set(argv)
+            return 0, "".join(c["Id"] + "\n" for c in containers), ""
+        assert argv[1] == "inspect"
+        return 0, json.dumps([c for c in containers if c["Id"] in argv[2:]]), ""
+
+    monkeypatch.setattr(mod.AnsibleModule, "get_bin_path", lambda _self, name, **_: f"/usr/bin/{name}")
+    monkeypatch.setattr(mod.AnsibleModule, "run_command", run_command)
+    return containers
+
+
+@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize("how", ["stopped", "removed"])
+def test_a_stopped_or_removed_service_is_down(tmp_path: Path, capsys: Cap, docker: list[dict[str, Any]],
+                                              service: str, how: str) -> None:
+    docker += [inspected(s, "running", Health={"Status": "healthy"}) for s in SERVICES if s != service]
+    if how == "stopped":  # `docker stop`: exited with the signal's code, not restarted by the policy
+        docker.append(inspected(service, "exited", exit_code=143, finished="2026-12-06T08:05:00.1Z"))
+    out = run(capsys, tmp_path, compose=STACK, containers=True)
+    assert out["down"] == [service]
+    summary = out["containers"][service]["summary"]
+    if how == "stopped":
+        assert summary == (f"container llm-stack-{service}-1: state exited since 2026-12-06T08:05:00Z, exit code 143, "
+                           "OOMKilled false, restart count 0, health none (no health check)")
+    else:
+        assert out["containers"][service]["status"] == "absent"
+        assert summary == f"no container for service {service} (removed, or never created)"
+    # A switch (state current) compares with the services its release recorded.
+    assert run(capsys, tmp_path, state="current", release=out["release"], containers=True)["down"] == [service]
+
+
+def test_what_docker_says_of_a_crashed_container_and_which_container_counts(
+        tmp_path: Path, capsys: Cap, docker: list[dict[str, Any]]) -> None:
+    docker += [
+        inspected("engine", "restarting", exit_code=137, oom=True, restarts=4, Health={"Status": "unhealthy"}),
+        # A leftover exited container of the backend beside its running one: the running one counts.
+        inspected("backend", "exited", exit_code=1),
+        inspected("backend", "running"),
+        inspected("frontend", "created"),
+        inspected("node-exporter", "paused"),
+    ]
+    out = run(capsys, tmp_path, compose=STACK, containers=True)
+    # Docker restarts a restarting container itself; a created or paused one serves nothing until compose up.
+    assert out["down"] == ["frontend", "node-exporter"]
+    engine_state = out["containers"]["engine"]
+    assert engine_state["summary"] == ("container llm-stack-engine-1: state restarting since 2026-12-06T08:00:00Z, "
+                                       "exit code 137, OOMKilled true, restart count 4, health unhealthy")
+    assert (engine_state["oom_killed"], engine_state["restart_count"], engine_state["health"]) == (True, 4, "unhealthy")
+    assert out["containers"]["backend"]["status"] == "running"
+    # Read-only: a query (the failure path's) and check mode give the same, and nothing changes.
+    assert run(capsys, tmp_path, state="query", containers=True, project="llm-stack")["down"] == out["down"]
+    checked = run(capsys, tmp_path, check=True, compose=STACK, containers=True)
+    assert not checked["changed"] and checked["down"] == out["down"]
+
+
+def test_a_service_that_runs_once_is_done_not_down(tmp_path: Path, capsys: Cap, docker: list[dict[str, Any]]) -> None:
+    services = {"engine": {"image": "local/engine:1"}, "fetch": {"image": "local/fetch:1", "restart": "no"},
+                "warm": {"image": "local/warm:1", "restart": "on-failure:3"}}
+    docker += [inspected("engine", "running"), inspected("fetch", "exited"), inspected("warm", "exited")]
+    # Every run would reload the project otherwise.
+    assert run(capsys, tmp_path, compose={"name": "llm-stack", "services": services}, containers=True)["down"] == []
+
+
+def test_without_docker_or_without_the_option_nothing_is_said(tmp_path: Path, capsys: Cap,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    out = run(capsys, tmp_path, compose=STACK)
+    assert out["containers"] is None and out["down"] == []
+    monkeypatch.setattr(mod.AnsibleModule, "get_bin_path", lambda _self, name, **_: None)
+    out = run(capsys, tmp_path, compose=STACK, containers=True)
+    assert out["containers"] is None and out["down"] == []

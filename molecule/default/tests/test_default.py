@@ -79,7 +79,7 @@ def test_request_without_key_is_refused(host: Host) -> None:
 def test_reports_exist_parse_and_hold_no_secret() -> None:
     runs = sorted(Path(os.environ["LLM_REPORT_DIR"]).iterdir())
     assert runs, "no report run directory"
-    for run in runs:  # converge and idempotence each wrote one
+    for run in runs:  # converge, the side effect's repair run and idempotence each wrote one (check mode writes none)
         report = json.loads((run / "molecule-bookworm.json").read_text())
         assert report["status"] == "pass"
         assert {c["name"] for c in report["checks"]} >= {"health", "models", "chat", "stream", "auth:without-key"}
