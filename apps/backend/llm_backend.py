@@ -346,6 +346,21 @@ def engine_fault(status: int) -> bool:
     return status >= 500 or status in (401, 403)
 
 
+async def read_capped(declared: str, chunks: AsyncIterator[bytes], limit: int) -> bytes | None:
+    """A whole body, or None when it is larger than `limit` (by its Content-Length, or once that much has come):
+    no more than that is read. A request's body and a whole answer of the engine's are read by it."""
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        return None
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in chunks:
+        size += len(chunk)
+        if size > limit:
+            return None
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 async def send_whole(send: Send, status: int, body: bytes, content_type: bytes = b"application/json") -> None:
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
@@ -774,18 +789,8 @@ class EngineProxy(Response):
 
     async def read_bounded(self, upstream: httpx.Response) -> bytes | None:
         """A whole answer, or None when it is larger than LLM_BACKEND_MAX_RESPONSE_BYTES (no more is read)."""
-        limit = self.gateway.settings.max_response_bytes
-        declared = upstream.headers.get("content-length", "")
-        if declared.isascii() and declared.isdigit() and int(declared) > limit:
-            return None
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in upstream.aiter_bytes():
-            size += len(chunk)
-            if size > limit:
-                return None
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return await read_capped(upstream.headers.get("content-length", ""), upstream.aiter_bytes(),
+                                 self.gateway.settings.max_response_bytes)
 
     async def relay_stream(self, send: Send) -> None:
         try:
@@ -1181,18 +1186,9 @@ class Gateway:
         limit = settings.max_body_bytes
         too_large = error_response(413, f"the request body is larger than {limit} bytes ({ENV_PREFIX}MAX_BODY_BYTES)",
                                    "invalid_request_error", "request_too_large")
-        declared = request.headers.get("content-length", "")
-        if declared.isascii() and declared.isdigit() and int(declared) > limit:
-            return b"", too_large
-        chunks: list[bytes] = []
-        size = 0
         try:
             async with asyncio.timeout(settings.body_timeout_s):
-                async for chunk in request.stream():
-                    size += len(chunk)
-                    if size > limit:
-                        return b"", too_large
-                    chunks.append(chunk)
+                body = await read_capped(request.headers.get("content-length", ""), request.stream(), limit)
         except TimeoutError:
             exchange.error = "client_body_timeout"
             return b"", error_response(408, f"the request body did not arrive within {settings.body_timeout_s:g} s "
@@ -1201,7 +1197,7 @@ class Gateway:
             exchange.error = "client_disconnected"
             return b"", error_response(499, "the client went away before its request arrived",
                                        "invalid_request_error", "client_disconnected")
-        return b"".join(chunks), None
+        return (b"", too_large) if body is None else (body, None)
 
     # --- the engine's model ids
     async def refresh_models(self) -> None:
