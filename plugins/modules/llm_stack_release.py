@@ -37,6 +37,9 @@ description:
     host) is rewritten by I(state=deployed) or I(state=staged) and reported as changed (C(drifted)), with a warning;
     under C(--check) it is only reported. The id stands for the compose file and the env files' contents, so a
     hand-edited file would otherwise run at the next reload or reboot while every run reported nothing to do.
+  - I(state=current) (a switch back) refuses a release whose compose file differs from the hash release.json recorded
+    when it was made (there is nothing to rewrite it from): the task fails naming the file before anything is
+    switched, in check mode too.
   - With I(containers), the project's containers are read from Docker (C(docker ps), C(docker inspect)), each
     service's state, exit code, OOMKilled, restart count and health (C(containers)), and which services of the
     release have no running container (C(down)), for the caller to bring back (a reload) or to report. Read-only,
@@ -421,6 +424,7 @@ class Releases:
             self._write_json(os.path.join(staging, "release.json"), {
                 "id": release, "project": compose.get("name"), "created": now.strftime("%Y-%m-%dT%H:%M:%SZ"),
                 "created_epoch": now.timestamp(), "images": images, "env_files": env_files,
+                "compose_sha256": hashlib.sha256(compose_text.encode("utf-8")).hexdigest(),
                 "metadata": self.module.params["metadata"]})
             if os.path.isdir(target):  # a half-written release from an interrupted run
                 shutil.rmtree(target)
@@ -429,6 +433,21 @@ class Releases:
             if os.path.isdir(staging):
                 shutil.rmtree(staging, ignore_errors=True)
         return release, True, images, []
+
+    def unchanged(self, release: str) -> None:
+        """A release switched to as it stands (a rollback) must be the one that was made: its compose file's hash is
+        in release.json. Unlike the current release (rewritten from the inventory), there is nothing to rewrite it
+        from, so a hand edit is refused before the switch. Releases from before the hash are taken as they are."""
+        recorded = self.info(release).get("compose_sha256")
+        path = os.path.join(self.path(release), "docker-compose.yml")
+        if recorded is None:
+            return
+        actual = _sha256_file(path) if os.path.isfile(path) and not os.path.islink(path) else None
+        if actual != recorded:
+            what = "is missing or not a regular file" if actual is None else "was edited after the release was made"
+            self.module.fail_json(msg=f"release {release}: {os.path.relpath(path, self.dir)} {what} (its sha256 is "
+                                      "in release.json); nothing was switched. Restore the file, or deploy from the "
+                                      "inventory instead.")
 
     def switch(self, release: str) -> bool:
         if self.current() == release and os.path.islink(os.path.join(self.dir, "docker-compose.yml")):
@@ -681,6 +700,8 @@ def main() -> None:
         if not os.path.isfile(os.path.join(releases.path(release), "release.json")) and not module.check_mode:
             module.fail_json(msg=f"release {release} is not on the host (releases: "
                                  f"{', '.join(e['id'] for e in releases.listing()) or 'none'})")
+        if os.path.isfile(os.path.join(releases.path(release), "release.json")):
+            releases.unchanged(release)
         switched = releases.switch(release)
     elif state == "applied":
         release = params["release"] or current_before

@@ -240,6 +240,24 @@ def test_a_hand_edited_compose_file_is_reported_in_check_mode_then_rewritten(tmp
     assert (tmp_path / "other.yml").read_text() == edited
 
 
+def test_a_switch_back_to_a_release_edited_on_the_host_is_refused(tmp_path: Path, capsys: Cap) -> None:
+    one = run(capsys, tmp_path, compose=engine("local/engine:1"))["release"]
+    two = run(capsys, tmp_path, compose=engine("local/engine:2"))["release"]
+    compose = tmp_path / "releases" / one / "docker-compose.yml"
+    written = compose.read_text()
+    compose.write_text(written + "# raised by hand\n")
+    for check in (True, False):
+        out = run(capsys, tmp_path, check=check, state="current", release=one)
+        assert out["failed"] and f"release {one}: releases/{one}/docker-compose.yml was edited" in out["msg"], out
+        assert os.readlink(tmp_path / "current") == f"releases/{two}"
+    compose.unlink()
+    assert "is missing" in run(capsys, tmp_path, state="current", release=one)["msg"]
+    # As it was made, it is switched to.
+    compose.write_text(written)
+    assert run(capsys, tmp_path, state="current", release=one)["switched"]
+    assert os.readlink(tmp_path / "current") == f"releases/{one}"
+
+
 def test_a_staged_release_edited_on_the_host_is_rewritten_too(tmp_path: Path, capsys: Cap) -> None:
     run(capsys, tmp_path, compose=engine("local/engine:1"))
     staged = run(capsys, tmp_path, state="staged", compose=engine("local/engine:2"))["release"]
