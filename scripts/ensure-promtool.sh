@@ -11,13 +11,5 @@ if [ -x "$dest/usr/bin/promtool" ] && [ -x "$dest/usr/bin/amtool" ]; then
   log "using $dest/usr/bin/promtool ($("$dest/usr/bin/promtool" --version 2>&1 | head -n1))"
   exit 0
 fi
-work=$(mktemp -d /tmp/promtool.XXXX)
-trap 'rm -rf "$work"' EXIT
-packages="prometheus prometheus-alertmanager"
-# shellcheck disable=SC2086
-( cd "$work" && apt-get download $packages >/dev/null 2>&1 ) \
-  || { apt-get update -qq && ( cd "$work" && apt-get download $packages >/dev/null ); }
-rm -rf "$dest.tmp" && mkdir -p "$dest.tmp"
-for deb in "$work"/*.deb; do dpkg-deb -x "$deb" "$dest.tmp"; done
-rm -rf "$dest" && mv "$dest.tmp" "$dest"
+scripts/unpack-debs.sh "$dest" prometheus prometheus-alertmanager
 log "unpacked $("$dest/usr/bin/promtool" --version 2>&1 | head -n1) into $dest"

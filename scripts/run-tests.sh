@@ -68,7 +68,8 @@ scripts/ensure-docker.sh && scripts/ensure-compose.sh && scripts/ci-quiet-machin
 make --no-print-directory images
 scripts/ensure-chromium.sh
 scripts/ensure-promtool.sh
-printf -- '--- docker, images, chromium, promtool: %d s\n' $((SECONDS - step_start))
+scripts/ensure-haproxy.sh
+printf -- '--- docker, images, chromium, promtool, haproxy: %d s\n' $((SECONDS - step_start))
 checks_rc=0
 wait "${checks_pid}" || checks_rc=$?
 checks_pid=""

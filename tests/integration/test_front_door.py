@@ -1,0 +1,350 @@
+"""The front door as the role configures it: the configuration written by role front_door (entry point config) for
+two real backends on this machine (each in front of its own synthetic SSE engine), checked by haproxy -c, then run
+by a real HAProxy (Debian's package, scripts/ensure-haproxy.sh) and reached over real TLS with a CA made here."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import datetime
+import ipaddress
+import os
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from llm_fixture import Cases, free_port, run_cases, run_playbook
+from sse_server import Script, serve
+from test_backend_live import ALICE, auth, poll, running_backend
+
+ROOT = Path(__file__).resolve().parents[2]
+HAPROXY_DIR = ROOT / ".cache/haproxy"
+
+
+def haproxy_wrapper(tmp: Path) -> Path:
+    """A bin directory whose `haproxy` runs the unpacked package with its libraries (the role calls `haproxy`)."""
+    if not (HAPROXY_DIR / "usr/sbin/haproxy").exists():
+        pytest.fail("HAProxy is not unpacked: run scripts/ensure-haproxy.sh (make test does)")
+    bindir = tmp / "bin"
+    bindir.mkdir(exist_ok=True)
+    wrapper = bindir / "haproxy"
+    wrapper.write_text(f'#!/bin/sh\nLD_LIBRARY_PATH="{HAPROXY_DIR}/usr/lib/x86_64-linux-gnu:{HAPROXY_DIR}/usr/lib" '
+                       f'exec "{HAPROXY_DIR}/usr/sbin/haproxy" "$@"\n')
+    wrapper.chmod(0o755)
+    return bindir
+
+
+def make_tls(tmp: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a certificate it signed for 127.0.0.1 and front-door.test: (ca.pem, cert.pem, key.pem)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "llm-endpoints test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=5))
+          .not_valid_after(now + datetime.timedelta(days=2))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
+                                       content_commitment=False, key_encipherment=False, data_encipherment=False,
+                                       key_agreement=False, encipher_only=False, decipher_only=False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "front-door.test")]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("front-door.test"),
+                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                           critical=False)
+            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    paths[2].chmod(0o600)
+    return paths
+
+
+@dataclass
+class FrontDoor:
+    work: Path
+    https: str
+    http: str
+    ca: Path
+    socket: Path
+    config: Path
+    backends: dict[str, object]
+    engines: dict[str, object]
+    log: Path
+    # Runs the role's config entry point again, with these servers besides the two (Ansible's Run).
+    render: Callable[..., object]
+
+    def admin(self, command: str) -> str:
+        """One command to HAProxy's runtime API (the role's admin socket)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.socket))
+            sock.sendall(command.encode() + b"\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def status(self, backend: str = "api") -> dict[str, str]:
+        rows = csv.DictReader(self.admin("show stat").lstrip("# ").splitlines())
+        return {row["svname"]: row["status"] for row in rows
+                if row["pxname"] == backend and row["svname"] not in ("FRONTEND", "BACKEND")}
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.https, verify=ssl.create_default_context(cafile=str(self.ca)), timeout=10)
+
+
+def config_vars(work: Path, https_port: int, http_port: int, servers: list[dict]) -> dict:
+    return {"front_door_backend_group": "front_door_test_servers", "front_door_test_servers": servers,
+            "front_door_bind_address": "127.0.0.1", "front_door_https_port": https_port,
+            "front_door_http_port": http_port, "front_door_user": "",
+            "front_door_config_file": str(work / "haproxy.cfg"), "front_door_certificate_dir": str(work / "certs"),
+            "front_door_admin_socket": str(work / "run/admin.sock"),
+            "front_door_tls_certificate_file": str(work / "cert.pem"),
+            "front_door_tls_private_key_file": str(work / "key.pem"), "front_door_check_interval_s": 1}
+
+
+@pytest.fixture(scope="module")
+def front_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoor]:
+    work = tmp_path_factory.mktemp("front-door")
+    bindir = haproxy_wrapper(work)
+    ca, _, _ = make_tls(work)
+    engines, backends = {}, {}
+    stack = []
+    try:
+        for name in ("host-a", "host-b"):
+            server, url = serve(Script(chunks=5, gap_s=0.01))
+            engines[name] = server
+            (work / name).mkdir()
+            ctx = running_backend(work / name, url)
+            backends[name] = ctx.__enter__()
+            stack.append(ctx)
+        https_port, http_port = free_port(), free_port()
+        servers = [{"name": name, "port": int(backend.url.rsplit(":", 1)[1])} for name, backend in backends.items()]
+        env = {"PATH": f"{bindir}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
+
+        def render(extra_servers: list[dict] = ()) -> object:
+            return run_playbook(work / f"render-{time.monotonic_ns()}", "front_door_config.yml",
+                                config_vars(work, https_port, http_port, servers + list(extra_servers)), envvars=env)
+
+        run = render()
+        assert run.rc == 0, run.output[-3000:]
+        log = work / "haproxy.log"
+        with log.open("w") as out:
+            proc = subprocess.Popen([str(bindir / "haproxy"), "-db", "-f", str(work / "haproxy.cfg")],
+                                    stdout=out, stderr=subprocess.STDOUT)
+        door = FrontDoor(work, f"https://127.0.0.1:{https_port}", f"http://127.0.0.1:{http_port}", ca,
+                         work / "run/admin.sock", work / "haproxy.cfg", backends, engines, log, render)
+        try:
+            poll(lambda: door.socket.exists() and set(door.status().values()) == {"UP"}, 20,
+                 f"HAProxy up with both servers UP ({log.read_text()[-2000:] if log.exists() else ''})")
+            yield door
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+    finally:
+        for ctx in stack:
+            ctx.__exit__(None, None, None)
+        for server in engines.values():
+            server.shutdown()
+
+
+def served_by(door: FrontDoor, before: dict[str, int]) -> dict[str, int]:
+    """Requests each backend logged since `before` (its access-log line count then)."""
+    return {name: len(backend.access_lines()) - before.get(name, 0) for name, backend in door.backends.items()}
+
+
+def counts(door: FrontDoor) -> dict[str, int]:
+    return {name: len(backend.access_lines()) for name, backend in door.backends.items()}
+
+
+def test_the_configuration_comes_from_the_inventory_and_a_second_run_changes_nothing(front_door: FrontDoor) -> None:
+    config = front_door.config.read_text()
+    for name, backend in front_door.backends.items():
+        assert f"server {name} 127.0.0.1:{backend.url.rsplit(':', 1)[1]} check" in config
+    assert "balance leastconn" in config and "retry-on conn-failure" in config
+    assert "ssl-min-ver TLSv1.2" in config and "http-check send meth GET uri /health" in config
+    pem = front_door.work / "certs/front-door.pem"
+    assert pem.stat().st_mode & 0o777 == 0o600 and (front_door.work / "certs").stat().st_mode & 0o777 == 0o700
+    again = front_door.render()
+    assert again.rc == 0 and "changed=0" in again.output, again.output[-3000:]
+    assert "PRIVATE KEY" not in again.output
+
+
+def test_a_host_added_to_the_group_is_a_server_after_the_next_run(front_door: FrontDoor) -> None:
+    before = front_door.config.read_text()
+    try:
+        added = front_door.render([{"name": "host-c", "port": 9}])
+        assert added.rc == 0 and "changed=1" in added.output, added.output[-3000:]
+        assert "server host-c 127.0.0.1:9 check" in front_door.config.read_text()
+    finally:
+        removed = front_door.render()
+    assert removed.rc == 0 and front_door.config.read_text() == before
+
+
+def test_https_with_the_ca_reaches_both_hosts_and_metrics_stay_inside(front_door: FrontDoor) -> None:
+    before = counts(front_door)
+    with front_door.client() as client:
+        for _ in range(10):
+            response = client.get("/v1/models", headers=auth(ALICE))
+            assert response.status_code == 200 and response.json()["data"][0]["id"] == "scripted-model"
+        assert client.get("/metrics").status_code == 404
+        assert client.get("/health").status_code == 200
+    served = served_by(front_door, before)
+    assert sum(served.values()) == 10 and all(count > 0 for count in served.values()), served
+
+
+def test_a_stream_passes_through_whole(front_door: FrontDoor) -> None:
+    body = {"model": "scripted-model", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    with front_door.client() as client, client.stream("POST", "/v1/chat/completions", headers=auth(ALICE),
+                                                       json=body) as response:
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/event-stream")
+        text = response.read()
+    assert text.count(b"data: ") == 5 + 2 and text.endswith(b"data: [DONE]\n\n")
+
+
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
+def test_plain_http_is_redirected_and_old_tls_refused(front_door: FrontDoor) -> None:
+    response = httpx.get(front_door.http + "/v1/models?x=1")
+    assert response.status_code == 308
+    assert response.headers["location"] == f"https://127.0.0.1:{front_door.http.rsplit(':', 1)[1]}/v1/models?x=1"
+    port = int(front_door.https.rsplit(":", 1)[1])
+    for version, expected in ((ssl.TLSVersion.TLSv1_3, "TLSv1.3"), (ssl.TLSVersion.TLSv1_2, "TLSv1.2")):
+        ctx = ssl.create_default_context(cafile=str(front_door.ca))
+        ctx.maximum_version = version
+        with socket.create_connection(("127.0.0.1", port)) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            assert tls.version() == expected
+    # A client of TLS 1.0 and 1.1 only: it completes a handshake with a server that allows them (so the refusal
+    # below is the front door's, not the client's own), and the front door refuses it.
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.load_verify_locations(cafile=str(front_door.ca))
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")
+    old.minimum_version, old.maximum_version = ssl.TLSVersion.TLSv1, ssl.TLSVersion.TLSv1_1
+    with old_tls_server(front_door.work) as old_port, socket.create_connection(("127.0.0.1", old_port)) as raw, \
+            old.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+        assert tls.version() == "TLSv1.1"
+    with socket.create_connection(("127.0.0.1", port)) as raw, pytest.raises(ssl.SSLError):
+        old.wrap_socket(raw, server_hostname="127.0.0.1")
+
+
+@contextlib.contextmanager
+def old_tls_server(work: Path) -> Iterator[int]:
+    """A TLS server on this machine that still takes TLS 1.0 and 1.1, with the front door's certificate."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(work / "cert.pem", work / "key.pem")
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    ctx.minimum_version = ssl.TLSVersion.TLSv1
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def accept() -> None:
+        conn, _ = listener.accept()
+        with contextlib.suppress(OSError), ctx.wrap_socket(conn, server_side=True) as tls:
+            tls.recv(1)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+        thread.join(timeout=5)
+
+
+def test_a_drained_host_gets_no_new_requests(front_door: FrontDoor) -> None:
+    assert front_door.admin("set server api/host-a state drain").strip() == ""
+    try:
+        assert front_door.status()["host-a"] == "DRAIN"
+        before = counts(front_door)
+        with front_door.client() as client:
+            assert all(client.get("/v1/models", headers=auth(ALICE)).status_code == 200 for _ in range(8))
+        assert served_by(front_door, before) == {"host-a": 0, "host-b": 8}
+    finally:
+        front_door.admin("set server api/host-a state ready")
+    assert front_door.status()["host-a"] == "UP"
+
+
+def test_a_failed_host_is_out_within_10_s_and_no_request_fails(front_door: FrontDoor) -> None:
+    """host-a's backend stops answering (its process stopped): requests that find its port closed are sent to
+    host-b (they never reached a host), and the health checks take host-a out."""
+    backend = front_door.backends["host-a"]
+    backend.proc.terminate()
+    backend.proc.wait(timeout=15)
+    stopped = time.monotonic()
+    failures = 0
+    with front_door.client() as client:
+        while front_door.status()["host-a"] != "DOWN":
+            assert time.monotonic() - stopped < 10, front_door.status()
+            failures += client.get("/v1/models", headers=auth(ALICE)).status_code != 200
+            time.sleep(0.1)
+        out_after = time.monotonic() - stopped
+        assert all(client.get("/v1/models", headers=auth(ALICE)).status_code == 200 for _ in range(5))
+    assert failures == 0
+    print(f"host-a out of rotation {out_after:.1f} s after its backend stopped; 0 failed requests")
+
+
+SECRET_KEY_TEXT = "not-a-key-but-a-secret-0123456789"
+BAD_INPUTS = [
+    ({"front_door_backend_group": "no_such_group"},
+     'front_door_backend_group must be an inventory group with at least one host; got "no_such_group".'),
+    ({"front_door_https_port": 70000}, "front_door_https_port must be a port from 1 to 65535; got 70000."),
+    ({"front_door_http_port": 8443, "front_door_https_port": 8443},
+     "front_door_http_port must be 0 (no plain port) or a port from 1 to 65535 other than front_door_https_port"),
+    ({"front_door_check_interval_s": 0}, "front_door_check_interval_s must be a whole number of seconds from 1 to 60"),
+    ({"front_door_bind_address": "front.example"}, "front_door_bind_address must be an IPv4 address"),
+    ({"front_door_admin_socket": "run/admin.sock"}, "front_door_admin_socket must be an absolute path"),
+    ({"front_door_user": "Root!"}, 'front_door_user must be a user name, or "" (root); got "Root!".'),
+    ({"front_door_balance": "random"}, "value of front_door_balance must be one of: leastconn, roundrobin"),
+    ({"front_door_tls_certificate_file": "/nonexistent/cert.pem"},
+     "front_door_tls_certificate_file names /nonexistent/cert.pem, which is not a file on the control node."),
+    ({"front_door_tls_certificate": "hello", "front_door_tls_certificate_file": ""},
+     'front_door_tls_certificate (or front_door_tls_certificate_file) must be a PEM certificate'),
+    ({"front_door_tls_private_key": SECRET_KEY_TEXT, "front_door_tls_private_key_file": ""},
+     "the key is set"),
+    ({"front_door_server_address": "bad address"},
+     "front_door_server_address of host case-11 (else its ansible_host, else its name) must be an IPv4 address"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Cases, Path]:
+    work = tmp_path_factory.mktemp("front-door-bad")
+    make_tls(work)
+    cases = {}
+    for index, (extra, _) in enumerate(BAD_INPUTS):
+        case = work / f"case-{index}"
+        cases[f"case-{index}"] = {**config_vars(case, 8443, 8080, []), "front_door_backend_group": "llm_hosts",
+                                  "front_door_tls_certificate_file": str(work / "cert.pem"),
+                                  "front_door_tls_private_key_file": str(work / "key.pem"), **extra}
+        cases[f"case-{index}"].pop("front_door_test_servers")
+    return run_cases(work, "front_door_cases.yml", cases), work
+
+
+@pytest.mark.parametrize(("index", "extra", "message"), [(i, *case) for i, case in enumerate(BAD_INPUTS)])
+def test_a_bad_input_fails_naming_it_before_anything_is_written(bad_input_runs: tuple[Cases, Path], index: int,
+                                                                extra: dict, message: str) -> None:
+    cases, work = bad_input_runs
+    host = f"case-{index}"
+    assert host in cases.failed, cases.hosts[host][-2000:]
+    assert message in cases.hosts[host], cases.hosts[host][-2000:]
+    assert not (work / host).exists()
+    assert SECRET_KEY_TEXT not in cases.output
