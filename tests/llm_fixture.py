@@ -114,7 +114,9 @@ def run_cases(tmp_path: Path, playbook: str, cases: dict[str, dict], envvars: di
     """Run a playbook once over one local inventory host per case, the case's variables as that host's: Ansible's
     start-up (a few CPU seconds a run) is paid once for many bad-input cases, each still judged on its own lines.
     The variables are inventory host variables, not extra vars: a case must not set what a role sets itself.
-    `extravars` are the run's, shared by every case (what the playbook itself needs, such as simulated hosts)."""
+    `extravars` are the run's, shared by every case (what the playbook itself needs, such as simulated hosts).
+    Every case's host is this machine: a playbook that needs facts gathers them once, in a run_once setup task (its
+    facts are set for every host of the play), not per host (about a CPU second each; tests/playbooks/stack.yml)."""
     reports = tmp_path / "reports"
     (tmp_path / "runner" / "inventory").mkdir(parents=True, exist_ok=True)
     hosts = {name: {"ansible_connection": "local", "ansible_python_interpreter": sys.executable, **variables}
