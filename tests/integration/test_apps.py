@@ -57,7 +57,7 @@ def test_production_inventory_renders_the_seed_with_backend_and_chat_ui(tmp_path
     assert [(p["host_ip"], p["published"], p["target"]) for p in backend["ports"]] == [("0.0.0.0", "8080", 8080)]
     assert [(p["host_ip"], p["published"], p["target"]) for p in frontend["ports"]] == [("0.0.0.0", "8501", 8501)]
     assert backend["depends_on"]["engine"]["condition"] == "service_healthy"
-    assert frontend["depends_on"]["backend"]["condition"] == "service_healthy"
+    assert frontend["depends_on"]["backend"]["condition"] == "service_started"
     for service in (backend, frontend):
         assert service["restart"] == "unless-stopped"
         assert service["logging"]["options"] == {"max-size": "50m", "max-file": "3"}
