@@ -11,7 +11,7 @@ export LLM_CACHE_DIR := $(CACHE)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv images lab-images lab lab-down test lint syntax promtool haproxy unit molecule bench bench-fleet collection lock clean
+.PHONY: help venv images lab-images lab lab-down test lint syntax promtool haproxy redis unit molecule bench bench-fleet collection lock clean
 
 help:
 	@echo "make lab       create/reuse the local lab host and run site.yml against it"
@@ -72,10 +72,14 @@ promtool:
 haproxy:
 	scripts/ensure-haproxy.sh
 
+# Redis (Debian's package, unpacked into .cache/redis): the shared limits' tests run it.
+redis:
+	scripts/ensure-redis.sh
+
 # Two pytest-xdist workers by default (tests/conftest.py says which tests share one); PYTEST_WORKERS=0 runs them
 # in one process. The slowest tests are listed at the end: CI's time is read from them.
 PYTEST_WORKERS ?= 2
-unit: venv promtool haproxy
+unit: venv promtool haproxy redis
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadscope --durations=15 tests
 
 # Every scenario under molecule/ (as `molecule test --all`), in two lanes side by side (scripts/molecule.sh says

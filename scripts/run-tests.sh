@@ -69,7 +69,8 @@ make --no-print-directory images
 scripts/ensure-chromium.sh
 scripts/ensure-promtool.sh
 scripts/ensure-haproxy.sh
-printf -- '--- docker, images, chromium, promtool, haproxy: %d s\n' $((SECONDS - step_start))
+scripts/ensure-redis.sh
+printf -- '--- docker, images, chromium, promtool, haproxy, redis: %d s\n' $((SECONDS - step_start))
 checks_rc=0
 wait "${checks_pid}" || checks_rc=$?
 checks_pid=""

@@ -11,7 +11,9 @@ Tests build the app with `create_app(settings_from_env(env))`.
 """
 from __future__ import annotations
 
+import argparse
 import asyncio
+import csv
 import hashlib
 import hmac
 import importlib.util
@@ -47,6 +49,8 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from redis.exceptions import RedisError
+from shared_limits import SharedLimits, StoreUnavailable
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import Receive, Scope, Send
@@ -93,6 +97,9 @@ DEFAULT_MAX_BODY_BYTES = 4 << 20
 DEFAULT_MAX_RESPONSE_BYTES = 64 << 20
 # How often the keys file is looked at for a change (SIGHUP reads it at once).
 KEYS_POLL_S = 2.0
+# A shared in-flight entry outlives its request's deadline by this much before it ends on its own (a host that died
+# mid-request frees its slots then).
+LEASE_MARGIN_S = 60.0
 # The container's own healthcheck connects from here: never refused by the connection cap, so /health answers
 # while the cap is reached (the watchdog would otherwise restart the backend, cutting every stream).
 LOOPBACK = frozenset({"127.0.0.1", "::1"})
@@ -147,6 +154,10 @@ class Settings:
     request_timeout_s: float = 1800.0
     send_timeout_s: float = 60.0
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    # A fleet's shared store of limits and usage (redis://, rediss:// or unix://); "" counts on this host only.
+    limits_url: str = ""
+    limits_failure: str = "open"
+    limits_timeout_s: float = 0.5
 
 
 def parse_rate(where: str, text: str) -> tuple[RateLimitItem, ...]:
@@ -311,13 +322,42 @@ def settings_from_env(env: Mapping[str, str]) -> Settings:
     if not keys_file:
         raise ConfigError(f'{name} is required: a JSON file {{"keys": [{{"id": ..., "sha256": ...}}]}}')
     keys = load_keys(keys_file, rate, max_streams, caps)
+    name, limits_url = var("LIMITS_URL")
+    if limits_url:
+        parse_limits_url(name, limits_url)
+    name, failure = var("LIMITS_FAILURE")
+    failure = (failure or "open").lower()
+    if failure not in ("open", "closed"):
+        raise ConfigError(f"{name}: {failure!r} is not open (count on this host while the store is unreachable) "
+                          "or closed (refuse with 503)")
+    name, text = var("LIMITS_TIMEOUT_S")
+    limits_timeout_s = parse_seconds(name, text or "0.5", 30)
     return Settings(upstream_url=upstream_url, keys=keys, upstream_api_key=upstream_key, rate_limit=rate,
                     max_streams=max_streams, connect_timeout_s=timeouts[0], read_timeout_s=timeouts[1],
                     health_timeout_s=timeouts[2], max_body_bytes=max_body_bytes, host=host or "0.0.0.0", port=port,
                     log_level=level, keys_file=keys_file, caps=caps, metrics_token=metrics_token,
                     max_in_flight=numbers["MAX_IN_FLIGHT"], max_connections=numbers["MAX_CONNECTIONS"],
                     header_timeout_s=timeouts[3], body_timeout_s=timeouts[4], request_timeout_s=timeouts[5],
-                    send_timeout_s=timeouts[6], max_response_bytes=numbers["MAX_RESPONSE_BYTES"])
+                    send_timeout_s=timeouts[6], max_response_bytes=numbers["MAX_RESPONSE_BYTES"],
+                    limits_url=limits_url, limits_failure=failure, limits_timeout_s=limits_timeout_s)
+
+
+def parse_limits_url(where: str, text: str) -> None:
+    """redis://[:password@]host[:port][/db], rediss:// (TLS) or unix:///path; what is wrong is said without the
+    URL, which may hold the store's password."""
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ConfigError(f"{where}: not a URL (the value is not shown)") from None
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ConfigError(f"{where}: the scheme must be redis, rediss or unix; got {parts.scheme!r}")
+    if parts.scheme == "unix" and not parts.path.startswith("/"):
+        raise ConfigError(f"{where}: a unix:// URL needs an absolute socket path")
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ConfigError(f"{where}: a redis URL needs a host (redis://:password@host:6379/0)")
+    if any(ord(char) < 33 or ord(char) > 126 for char in text):
+        raise ConfigError(f"{where}: spaces and control characters are not allowed (the value is not shown)")
 
 
 # ------------------------------------------------------------------------------------------------------- errors
@@ -392,6 +432,10 @@ class Metrics:
         self.upstream_retries = Counter("llm_backend_upstream_retries", "Requests sent to the engine a second "
                                         "time after a pooled connection was found closed before any byte of the "
                                         "answer.", registry=reg)
+        self.limits_store_errors = Counter(
+            "llm_backend_limits_store_errors", "Calls to the shared limits store (LLM_BACKEND_LIMITS_URL) that failed, "
+            "by operation; while it fails, limits are counted on this host (LIMITS_FAILURE=open) or requests refused "
+            "(closed).", ["operation"], registry=reg)
         self.busy = Counter("llm_backend_busy", "Requests refused with 503 because the host's in-flight limit "
                             "(LLM_BACKEND_MAX_IN_FLIGHT) was reached.", registry=reg)
         self.deadlines = Counter("llm_backend_deadlines", "Requests ended by a deadline, by kind (request: the total "
@@ -485,6 +529,18 @@ class Gate:
     def release(self, key: ApiKey) -> None:
         self.active[key.id] -= 1
         self.in_flight -= 1
+
+    def enter_host(self) -> None:
+        """A request whose key the shared store counted: only the host's own in-flight count is kept here."""
+        self.in_flight += 1
+
+    def leave_host(self) -> None:
+        self.in_flight -= 1
+
+
+def store_windows(key: ApiKey) -> tuple[tuple[int, int], ...]:
+    """The key's rate windows as the shared store counts them: (requests, whole seconds)."""
+    return tuple((amount, max(1, round(seconds))) for amount, seconds in key.windows)
 
 
 # ----------------------------------------------------------------------------------------------- usage scanner
@@ -629,6 +685,8 @@ class Exchange:
     completion_tokens: int | None = None
     ttfb_s: float | None = None
     error: str | None = None
+    # The request's in-flight entry in the shared store (empty: counted on this host).
+    lease: str = ""
 
 
 class ClientStalled(Exception):
@@ -970,6 +1028,11 @@ class Gateway:
         # The keys file as last read (inode, size, modification time), and SIGHUP's wake-up of its watcher.
         self.keys_stamp = self.stamp()
         self.keys_wake = asyncio.Event()
+        # The fleet's shared limits and usage ledger, when configured; background calls to it (releases, refused
+        # requests counted, usage) are kept here until they end.
+        self.shared = SharedLimits(settings.limits_url, settings.limits_timeout_s,
+                                   settings.request_timeout_s + LEASE_MARGIN_S) if settings.limits_url else None
+        self.store_tasks: set[asyncio.Task] = set()
 
     @asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:
@@ -982,6 +1045,29 @@ class Gateway:
         finally:
             watcher.cancel()
             await self.client.aclose()
+            if self.shared is not None:
+                if self.store_tasks:
+                    await asyncio.wait(self.store_tasks, timeout=2)
+                await self.shared.close()
+
+    # --- the shared store: what fails is counted, never raised into a request
+    def in_background(self, operation: str, call: Any) -> None:
+        async def run() -> None:
+            try:
+                await call
+            except StoreUnavailable as exc:
+                self.metrics.limits_store_errors.labels(operation).inc()
+                logging.getLogger("llm_backend").warning("limits store: %s failed: %s", operation, exc)
+        task = asyncio.create_task(run())
+        self.store_tasks.add(task)
+        task.add_done_callback(self.store_tasks.discard)
+
+    def count_refused(self, key: ApiKey) -> None:
+        """A refused request counts against its key's rate: in the shared store when there is one."""
+        if self.shared is not None:
+            self.in_background("count", self.shared.count(key.id, store_windows(key)))
+        else:
+            self.gate.count(key, time.monotonic())
 
     # --- keys, read again when their file changes
     def stamp(self) -> tuple[int, ...] | None:
@@ -1099,7 +1185,12 @@ class Gateway:
         if refusal is not None:
             return self.done(exchange, refusal)
         assert key is not None
-        self.gate.count(key, time.monotonic())
+        if self.shared is not None:
+            refusal = await self.shared_admit(exchange, key, "hit")
+            if refusal is not None:
+                return self.done(exchange, refusal)
+        else:
+            self.gate.count(key, time.monotonic())
         try:
             upstream = await self.client.get(self.models_url, timeout=self.models_timeout)
         except httpx.TransportError as exc:
@@ -1132,7 +1223,7 @@ class Gateway:
         if refusal is not None:
             # A request refused for what the client sent counts against its key's rate, as an admitted one does:
             # otherwise a client could send bad requests as fast as it likes.
-            self.gate.count(key, time.monotonic())
+            self.count_refused(key)
             return self.done(exchange, refusal)
         if isinstance(body.get("model"), str):
             exchange.model = loggable(body["model"][:200])
@@ -1150,24 +1241,66 @@ class Gateway:
             return self.done(exchange, error_response(401, "this API key was revoked while its request arrived",
                                                       "invalid_request_error", "invalid_api_key"))
         now = time.monotonic()
-        refusal = self.over_rate(key, now)
-        if refusal is not None:
-            return self.done(exchange, refusal)
         if self.gate.busy():
-            self.metrics.busy.inc()
-            return self.done(exchange, error_response(
-                503, f"the server has {self.settings.max_in_flight} requests in flight, its limit "
-                f"({ENV_PREFIX}MAX_IN_FLIGHT); retry shortly", "server_error", "server_busy", {"retry-after": "1"}))
-        if not self.gate.acquire(key):
-            self.metrics.rate_limited.labels(key.id, "concurrency").inc()
-            return self.done(exchange, error_response(
-                429, f"too many concurrent requests for this key (at most {key.max_streams}); retry when one ends",
-                "requests", "concurrency_limit_exceeded", {"retry-after": "1"}))
-        self.gate.count(key, now)
+            return self.done(exchange, self.busy_response())
+        if self.shared is not None:
+            refusal = await self.shared_admit(exchange, key, "admit")
+            if refusal is not None:
+                return self.done(exchange, refusal)
+            if exchange.lease and self.gate.busy():  # others were admitted while the store answered
+                self.in_background("release", self.shared.release(key.id, exchange.lease))
+                exchange.lease = ""
+                return self.done(exchange, self.busy_response())
+        if exchange.lease:
+            self.gate.enter_host()
+        else:
+            refusal = self.over_rate(key, now)
+            if refusal is not None:
+                return self.done(exchange, refusal)
+            if not self.gate.acquire(key):
+                return self.done(exchange, self.concurrency_response(key))
+            self.gate.count(key, now)
         self.metrics.in_flight.labels(key.id).inc()
         if now - self.models_read_at > MODELS_TTL_S and self.models_refresh is None:
             self.models_refresh = asyncio.create_task(self.refresh_models())
         return EngineProxy(self, exchange, key, route, raw)
+
+    def busy_response(self) -> Response:
+        self.metrics.busy.inc()
+        return error_response(
+            503, f"the server has {self.settings.max_in_flight} requests in flight, its limit "
+            f"({ENV_PREFIX}MAX_IN_FLIGHT); retry shortly", "server_error", "server_busy", {"retry-after": "1"})
+
+    def concurrency_response(self, key: ApiKey) -> Response:
+        self.metrics.rate_limited.labels(key.id, "concurrency").inc()
+        return error_response(
+            429, f"too many concurrent requests for this key (at most {key.max_streams}); retry when one ends",
+            "requests", "concurrency_limit_exceeded", {"retry-after": "1"})
+
+    async def shared_admit(self, exchange: Exchange, key: ApiKey, mode: str) -> Response | None:
+        """The fleet-wide decision (mode admit: rate and in-flight, a lease; hit: rate only). None when admitted
+        (exchange.lease set for admit), or when the store fails and the failure mode is open: the caller then
+        counts on this host (exchange.lease stays empty). Else the 429, or the 503 of a closed failure mode."""
+        assert self.shared is not None
+        try:
+            verdict = await self.shared.run(mode, key.id, store_windows(key), key.max_streams)
+        except StoreUnavailable as exc:
+            self.metrics.limits_store_errors.labels(mode).inc()
+            logging.getLogger("llm_backend").warning("limits store: %s failed: %s", mode, exc)
+            if self.settings.limits_failure == "open":
+                return None
+            return error_response(503, f"the shared limits store is unreachable ({ENV_PREFIX}LIMITS_FAILURE is "
+                                  "closed); retry shortly", "server_error", "limits_store_unavailable",
+                                  {"retry-after": "1"})
+        if verdict.admitted:
+            exchange.lease = verdict.lease
+            return None
+        if verdict.reason == "concurrency":
+            return self.concurrency_response(key)
+        self.metrics.rate_limited.labels(key.id, "rate").inc()
+        return error_response(429, f"rate limit of {key.rate_limit} exceeded for this key; retry in "
+                              f"{verdict.retry_after_s} s", "requests", "rate_limit_exceeded",
+                              {"retry-after": str(verdict.retry_after_s)})
 
     def parse(self, raw: bytes, route: Route, key: ApiKey) -> tuple[dict, Response | None]:
         try:
@@ -1250,7 +1383,8 @@ class Gateway:
         exchange.key_id = key.id
         if not key.enabled:
             return error_response(401, "this API key is disabled", "invalid_request_error", "invalid_api_key"), None
-        return self.over_rate(key, time.monotonic()), key
+        # With a shared store, the rate is judged there, once, when the request is admitted.
+        return (None if self.shared is not None else self.over_rate(key, time.monotonic())), key
 
     def over_rate(self, key: ApiKey, now: float) -> Response | None:
         """The 429 for a key whose rate is used up; None, counting nothing, when a request may go on."""
@@ -1268,8 +1402,15 @@ class Gateway:
         return response
 
     def engine_done(self, exchange: Exchange, key: ApiKey) -> None:
-        self.gate.release(key)
+        if exchange.lease and self.shared is not None:
+            self.gate.leave_host()
+            self.in_background("release", self.shared.release(key.id, exchange.lease))
+        else:
+            self.gate.release(key)
         self.metrics.in_flight.labels(key.id).dec()
+        if self.shared is not None and (exchange.prompt_tokens or exchange.completion_tokens):
+            self.in_background("usage", self.shared.record_usage(key.id, exchange.prompt_tokens or 0,
+                                                                 exchange.completion_tokens or 0))
         self.record(exchange)
 
     def record(self, exchange: Exchange) -> None:
@@ -1436,7 +1577,51 @@ def serve(settings: Settings) -> None:
                 http=GuardedH11Protocol)
 
 
+def ledger(argv: list[str]) -> int:
+    """`llm_backend.py ledger [--days N] [--csv]`: tokens and requests per key per day from the shared store
+    (LLM_BACKEND_LIMITS_URL), as a table or CSV."""
+    parser = argparse.ArgumentParser(prog="llm_backend.py ledger", description=ledger.__doc__)
+    parser.add_argument("--days", type=int, default=31, help="the last N days with usage (1-3660; default 31)")
+    parser.add_argument("--csv", action="store_true", help="CSV instead of a table")
+    args = parser.parse_args(argv)
+    name, url = ENV_PREFIX + "LIMITS_URL", os.environ.get(ENV_PREFIX + "LIMITS_URL", "").strip()
+    try:
+        if not url:
+            raise ConfigError(f"{name} is required: the shared store the usage ledger is kept in")
+        parse_limits_url(name, url)
+        if not 1 <= args.days <= 3660:
+            raise ConfigError(f"--days: {args.days} is out of range (1..3660)")
+    except ConfigError as exc:
+        print(f"llm_backend ledger: {exc}", file=sys.stderr)
+        return 2
+
+    async def read() -> list[dict[str, object]]:
+        store = SharedLimits(url, 5.0, 60.0)
+        try:
+            return await store.ledger(args.days)
+        finally:
+            await store.close()
+
+    try:
+        rows = asyncio.run(read())
+    except (StoreUnavailable, OSError, RedisError) as exc:
+        print(f"llm_backend ledger: the store did not answer ({type(exc).__name__})", file=sys.stderr)
+        return 1
+    fields = ["day", "key_id", "requests", "prompt_tokens", "completion_tokens"]
+    if args.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return 0
+    widths = [max([len(field)] + [len(str(row[field])) for row in rows]) for field in fields]
+    for line in [dict(zip(fields, fields, strict=True)), *rows]:
+        print("  ".join(str(line[field]).ljust(width) for field, width in zip(fields, widths, strict=True)).rstrip())
+    return 0
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["ledger"]:
+        sys.exit(ledger(sys.argv[2:]))
     try:
         settings = settings_from_env(os.environ)
         raise_descriptor_limit(settings)

@@ -25,6 +25,8 @@ VAULT = {"vault_llm_engine_api_key": ENGINE_KEY, "vault_hf_token": "",
          "vault_llm_backend_api_keys": [{"id": "chat-ui", "key": CHAT_UI_KEY},
                                         {"id": "team-a", "key": TEAM_KEY, "rate_limit": "120/minute", "max_streams": 8},
                                         {"id": "batch-jobs", "sha256": HASHED}]}
+STORE_PASSWORD = "store-password-render-0123456789"
+STORE_URL = f"redis://:{STORE_PASSWORD}@10.0.0.2:6379/0"
 PRODUCTION = yaml.safe_load((ROOT / "inventory/production/group_vars/llm_hosts/main.yml").read_text())
 
 
@@ -43,7 +45,7 @@ def compose_config(stack: Path) -> dict:
 
 
 def test_production_inventory_renders_the_seed_with_backend_and_chat_ui(tmp_path: Path) -> None:
-    rc, output, stack = render(tmp_path, {**PRODUCTION, **VAULT})
+    rc, output, stack = render(tmp_path, {**PRODUCTION, **VAULT, "llm_apps_backend_limits_url": STORE_URL})
     assert rc == 0, output[-4000:]
     # The stack's inputs are checked once: render takes the definition that describe made earlier in the play.
     assert output.count("TASK [llm_endpoints.core.llm_stack : Common inputs are well-formed]") == 1, output[-4000:]
@@ -86,6 +88,9 @@ def test_production_inventory_renders_the_seed_with_backend_and_chat_ui(tmp_path
     assert (stack / "backend.env").read_text().count(f"LLM_BACKEND_UPSTREAM_API_KEY={ENGINE_KEY}\n") == 1
     # The metrics token, by default the engine's key (Prometheus has it already), in the 0600 env file only.
     assert (stack / "backend.env").read_text().count(f"LLM_BACKEND_METRICS_TOKEN={ENGINE_KEY}\n") == 1
+    # The fleet's shared limits store: its URL (with the store's password) in the 0600 env file only.
+    assert (stack / "backend.env").read_text().count(f"LLM_BACKEND_LIMITS_URL={STORE_URL}\n") == 1
+    assert backend["environment"]["LLM_BACKEND_LIMITS_FAILURE"] == "open"
     # The seed's chat page holds no key of its own: its users enter theirs.
     assert "LLM_FRONTEND_API_KEY" not in (stack / "frontend.env").read_text()
     for name in ("backend.env", "frontend.env", "engine.env"):
@@ -95,8 +100,8 @@ def test_production_inventory_renders_the_seed_with_backend_and_chat_ui(tmp_path
     for path in stack.rglob("*"):
         if path.is_file() and path not in private:
             text = path.read_text()
-            assert not any(key in text for key in (ENGINE_KEY, CHAT_UI_KEY, TEAM_KEY)), path
-    assert not any(key in output for key in (ENGINE_KEY, CHAT_UI_KEY, TEAM_KEY))
+            assert not any(key in text for key in (ENGINE_KEY, CHAT_UI_KEY, TEAM_KEY, STORE_PASSWORD)), path
+    assert not any(key in output for key in (ENGINE_KEY, CHAT_UI_KEY, TEAM_KEY, STORE_PASSWORD))
 
 
 def test_a_chat_ui_key_goes_to_its_env_file_only_where_the_page_is_not_public(tmp_path: Path) -> None:
@@ -210,6 +215,10 @@ BAD_INPUTS = [
      "llm_apps_backend_nofile must be a whole number of at most 1048576 and at least 2 x"),
     ({"llm_apps_backend_max_n": 0}, "llm_apps_backend_max_n must be a whole number from 1 to 1024; got 0."),
     ({"llm_apps_backend_request_timeout_s": -5}, "llm_apps_backend_request_timeout_s must be a number of seconds"),
+    ({"llm_apps_backend_limits_url": "http://:store-secret-0123@store:6379"},
+     "llm_apps_backend_limits_url must be empty, redis://[:password@]host[:port][/db]"),
+    ({"llm_apps_backend_limits_failure": "maybe"},
+     "value of llm_apps_backend_limits_failure must be one of: open, closed"),
 ]
 
 
@@ -238,3 +247,4 @@ def test_bad_inputs_fail_before_anything_is_written(bad_input_runs: tuple[Cases,
     # Nowhere in the run: not in this case's lines, nor in another's.
     secrets = [k["key"] for k in variables["vault_llm_backend_api_keys"] if "key" in k]
     assert not any(secret in runs.output for secret in secrets)
+    assert "store-secret-0123" not in runs.output

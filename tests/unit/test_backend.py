@@ -78,6 +78,13 @@ def test_defaults(tmp_path: Path) -> None:
     ({"UPSTREAM_URL": "http://user:pw@engine"}, "LLM_BACKEND_UPSTREAM_URL", "no query, fragment or credentials"),
     ({"UPSTREAM_API_KEY": "has space"}, "LLM_BACKEND_UPSTREAM_API_KEY", "printable ASCII"),
     ({"KEYS_FILE": ""}, "LLM_BACKEND_KEYS_FILE", "is required"),
+    ({"LIMITS_URL": "http://store:6379"}, "LLM_BACKEND_LIMITS_URL", "scheme must be redis, rediss or unix"),
+    ({"LIMITS_URL": "redis://:secret-pw@/0"}, "LLM_BACKEND_LIMITS_URL", "needs a host"),
+    ({"LIMITS_URL": "redis://:secret pw@store:6379"}, "LLM_BACKEND_LIMITS_URL", "spaces and control characters"),
+    ({"LIMITS_URL": "redis://store:99999"}, "LLM_BACKEND_LIMITS_URL", "not a URL"),
+    ({"LIMITS_URL": "unix://relative.sock"}, "LLM_BACKEND_LIMITS_URL", "absolute socket path"),
+    ({"LIMITS_FAILURE": "maybe"}, "LLM_BACKEND_LIMITS_FAILURE", "is not open"),
+    ({"LIMITS_TIMEOUT_S": "0"}, "LLM_BACKEND_LIMITS_TIMEOUT_S", "out of range"),
     ({"KEYS_FILE": "/nonexistent/keys.json"}, "LLM_BACKEND_KEYS_FILE", "cannot read /nonexistent/keys.json"),
     ({"RATE_LIMIT": "lots"}, "LLM_BACKEND_RATE_LIMIT", "not a rate limit"),
     ({"RATE_LIMIT": "0/minute"}, "LLM_BACKEND_RATE_LIMIT", "allows no request"),
@@ -94,6 +101,7 @@ def test_defaults(tmp_path: Path) -> None:
 def test_each_bad_setting_is_named(tmp_path: Path, overrides: dict[str, str], variable: str, fragment: str) -> None:
     message = config_error(env_for(tmp_path, **overrides))
     assert message.startswith(variable) and fragment in message
+    assert "secret" not in message  # a store URL's password is never repeated
 
 
 def keys_json(*entries: object) -> str:
