@@ -38,7 +38,7 @@ description:
     under C(--check) it is only reported. The id stands for the compose file and the env files' contents, so a
     hand-edited file would otherwise run at the next reload or reboot while every run reported nothing to do.
   - I(state=current) (a switch back) refuses a release whose compose file differs from the hash release.json recorded
-    when it was made (there is nothing to rewrite it from): the task fails naming the file before anything is
+    when it was made, since there is nothing to rewrite it from. The task fails naming the file before anything is
     switched, in check mode too.
   - With I(containers), the project's containers are read from Docker (C(docker ps), C(docker inspect)), each
     service's state, exit code, OOMKilled, restart count and health (C(containers)), and which services of the
