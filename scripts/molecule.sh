@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
-# `make molecule`: every scenario under molecule/, three at a time (MOLECULE_JOBS), the longest first (default, fleet),
+# `make molecule`: every scenario under molecule/, two at a time (MOLECULE_JOBS), the longest first (default, fleet),
 # then the others by name; a new scenario is picked up without being listed. Measured on the 2-core CI machine, one
 # scenario alone left much of the machine idle: a scenario of one test host keeps about one core busy (Ansible works
 # through one host's tasks in order: 40-45 % idle during default's converge), and its verify mostly waits (a watchdog,
-# an alert window: 90 % idle). Two at a time still left the load at 1.2-1.9 of 2, and the short scenarios ran after
-# the long ones, one lane idle at the end: the third lane runs them beside the long ones. With SCENARIOS="a b" only
-# those run, one after another.
+# an alert window: 90 % idle). Three at a time was measured too (CONTRIBUTING.md) and was slower: the load went to
+# about 6 and every scenario stretched (fleet 11 -> 17 min). With SCENARIOS="a b" only those run, one after another.
 #
 # A scenario's output goes to .cache/state/molecule-<name>.log and is printed whole when it ends, with its minutes
 # (also added to .cache/state/molecule-minutes for `make test`'s summary). Exits non-zero if any scenario failed.
@@ -45,7 +44,7 @@ for file in molecule/*/molecule.yml; do
   name=$(basename "$(dirname "${file}")")
   case "${name}" in default | fleet) ;; *) order+=("${name}") ;; esac
 done
-jobs_max=${MOLECULE_JOBS:-3}
+jobs_max=${MOLECULE_JOBS:-2}
 running=0 rc=0
 for name in "${order[@]}"; do
   if [ "${running}" -ge "${jobs_max}" ]; then
