@@ -1056,11 +1056,14 @@ class Gateway:
             try:
                 await call
             except StoreUnavailable as exc:
-                self.metrics.limits_store_errors.labels(operation).inc()
-                logging.getLogger("llm_backend").warning("limits store: %s failed: %s", operation, exc)
+                self.store_failed(operation, exc)
         task = asyncio.create_task(run())
         self.store_tasks.add(task)
         task.add_done_callback(self.store_tasks.discard)
+
+    def store_failed(self, operation: str, exc: StoreUnavailable) -> None:
+        self.metrics.limits_store_errors.labels(operation).inc()
+        logging.getLogger("llm_backend").warning("limits store: %s failed: %s", operation, exc)
 
     def count_refused(self, key: ApiKey) -> None:
         """A refused request counts against its key's rate: in the shared store when there is one."""
@@ -1285,8 +1288,7 @@ class Gateway:
         try:
             verdict = await self.shared.run(mode, key.id, store_windows(key), key.max_streams)
         except StoreUnavailable as exc:
-            self.metrics.limits_store_errors.labels(mode).inc()
-            logging.getLogger("llm_backend").warning("limits store: %s failed: %s", mode, exc)
+            self.store_failed(mode, exc)
             if self.settings.limits_failure == "open":
                 return None
             return error_response(503, f"the shared limits store is unreachable ({ENV_PREFIX}LIMITS_FAILURE is "
@@ -1297,10 +1299,7 @@ class Gateway:
             return None
         if verdict.reason == "concurrency":
             return self.concurrency_response(key)
-        self.metrics.rate_limited.labels(key.id, "rate").inc()
-        return error_response(429, f"rate limit of {key.rate_limit} exceeded for this key; retry in "
-                              f"{verdict.retry_after_s} s", "requests", "rate_limit_exceeded",
-                              {"retry-after": str(verdict.retry_after_s)})
+        return self.rate_response(key, verdict.retry_after_s)
 
     def parse(self, raw: bytes, route: Route, key: ApiKey) -> tuple[dict, Response | None]:
         try:
@@ -1389,8 +1388,10 @@ class Gateway:
     def over_rate(self, key: ApiKey, now: float) -> Response | None:
         """The 429 for a key whose rate is used up; None, counting nothing, when a request may go on."""
         wait = self.gate.retry_after(key, now)
-        if wait is None:
-            return None
+        return None if wait is None else self.rate_response(key, wait)
+
+    def rate_response(self, key: ApiKey, wait: int) -> Response:
+        """The 429 of a key whose rate is used up, counted on this host or in the shared store."""
         self.metrics.rate_limited.labels(key.id, "rate").inc()
         return error_response(429, f"rate limit of {key.rate_limit} exceeded for this key; retry in {wait} s",
                               "requests", "rate_limit_exceeded", {"retry-after": str(wait)})

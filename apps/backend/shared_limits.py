@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import datetime
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -53,6 +55,15 @@ class StoreUnavailable(Exception):
     """The store did not answer in time, or refused: the caller applies the configured failure mode."""
 
 
+@contextmanager
+def unavailable_on_error() -> Iterator[None]:
+    """The client's errors (and the socket's) as StoreUnavailable, named by their type and message."""
+    try:
+        yield
+    except (RedisError, OSError) as exc:
+        raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class Verdict:
     admitted: bool
@@ -73,44 +84,36 @@ class SharedLimits:
         return [f"{self.prefix}:rate:{key_id}:{i}" for i in range(windows)] + [f"{self.prefix}:flight:{key_id}"]
 
     async def run(self, mode: str, key_id: str, windows: tuple[tuple[int, int], ...], most: int) -> Verdict:
+        """mode admit: within every window and the in-flight limit, fleet-wide, counted and given a lease; hit: within
+        every window, counted (no lease); count: counted without a check. Else refused, with the reason."""
         lease = uuid.uuid4().hex
         args: list[object] = [mode, lease, self.lease_ms, most]
         for amount, seconds in windows:
             args += [amount, seconds * 1000]
-        try:
+        with unavailable_on_error():
             verdict, wait_ms = await self.script(keys=self.keys(key_id, len(windows)), args=args)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
         if verdict == "ok":
             return Verdict(True, lease=lease if mode == "admit" else "")
         return Verdict(False, str(verdict), max(1, -(-int(wait_ms) // 1000)) if verdict == "rate" else 1)
-
-    async def admit(self, key_id: str, windows: tuple[tuple[int, int], ...], most: int) -> Verdict:
-        """Within every window and the in-flight limit, fleet-wide: counted and given a lease; else refused."""
-        return await self.run("admit", key_id, windows, most)
 
     async def count(self, key_id: str, windows: tuple[tuple[int, int], ...]) -> None:
         """A refused request (bad body) counted against the key's rate, as on one host."""
         await self.run("count", key_id, windows, 0)
 
     async def release(self, key_id: str, lease: str) -> None:
-        try:
+        with unavailable_on_error():
             await self.client.zrem(f"{self.prefix}:flight:{key_id}", lease)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
 
     async def record_usage(self, key_id: str, prompt: int, completion: int) -> None:
         """Tokens per key per UTC day, kept as long as the store keeps its data (persistence is the store's)."""
         day = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
-        try:
+        with unavailable_on_error():
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.hincrby(f"{self.prefix}:usage:{day}", f"{key_id}|prompt", prompt)
                 pipe.hincrby(f"{self.prefix}:usage:{day}", f"{key_id}|completion", completion)
                 pipe.hincrby(f"{self.prefix}:usage:{day}", f"{key_id}|requests", 1)
                 pipe.sadd(f"{self.prefix}:usage-days", day)
                 await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from None
 
     async def ledger(self, days: int) -> list[dict[str, object]]:
         """The last `days` days that have usage: one row per day and key, oldest first."""

@@ -88,8 +88,6 @@ class FrontDoor:
     socket: Path
     config: Path
     backends: dict[str, object]
-    engines: dict[str, object]
-    log: Path
     # Runs the role's config entry point again, with these servers besides the two (Ansible's Run).
     render: Callable[..., object]
 
@@ -153,7 +151,7 @@ def front_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoor]:
             proc = subprocess.Popen([str(bindir / "haproxy"), "-db", "-f", str(work / "haproxy.cfg")],
                                     stdout=out, stderr=subprocess.STDOUT)
         door = FrontDoor(work, f"https://127.0.0.1:{https_port}", f"http://127.0.0.1:{http_port}", ca,
-                         work / "run/admin.sock", work / "haproxy.cfg", backends, engines, log, render)
+                         work / "run/admin.sock", work / "haproxy.cfg", backends, render)
         try:
             poll(lambda: door.socket.exists() and set(door.status().values()) == {"UP"}, 20,
                  f"HAProxy up with both servers UP ({log.read_text()[-2000:] if log.exists() else ''})")
