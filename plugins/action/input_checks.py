@@ -1,0 +1,76 @@
+"""Input checks as one table, judged in order on the control node: the first row that fails fails the task with its
+own message, naming the variable. One task for a role's checks, not one assert each: Ansible starts a worker process
+per task and host (about 30 ms on the CI machine), paid on every row by each host of a bad-input batch.
+
+A row is one of:
+  {that: <condition or list of conditions>, msg: <message template>}
+  {name: <variable>, value: <template>, min: <int>, max: <int>}: a whole number in range, with the shared message
+and may carry `when: <condition>` (the row is skipped when false). Conditions are bare expressions, as assert's
+`that`. The rows are not templated before the task runs: each row's condition is evaluated only after every earlier
+row passed (a later row may rely on an earlier one: a value checked to be a list before it is mapped), and a message
+only when its row fails. A message is written so that it never shows a secret's value; an expression that cannot be
+evaluated fails the task naming its row, without the error text (which could quote a value).
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from ansible.errors import AnsibleError
+from ansible.plugins.action import ActionBase
+
+_WHOLE = re.compile(r"[0-9]+\Z")
+_NUMBER = frozenset(("name", "value", "min", "max"))
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _requires_connection = False
+    _VALID_ARGS = frozenset(("checks",))
+
+    @classmethod
+    def finalize_task_arg(cls, name: str, value: Any, templar: Any, context: Any) -> Any:
+        if name == "checks":
+            return value
+        return super().finalize_task_arg(name, value, templar, context)
+
+    def run(self, tmp: str | None = None, task_vars: dict[str, Any] | None = None) -> dict[str, Any]:
+        result = super().run(tmp, task_vars)
+        rows = self._task.args.get("checks")
+        if not isinstance(rows, list):
+            return {**result, "failed": True, "msg": "input_checks: checks must be a list of rows"}
+        judged = 0
+        for index, row in enumerate(rows):
+            if not isinstance(row, dict) or not ({"that", "msg"} <= row.keys() or _NUMBER <= row.keys()):
+                return {**result, "failed": True,
+                        "msg": f"input_checks: row {index} must be {{that, msg}} or {{name, value, min, max}}"}
+            label = row.get("name", f"row {index}")
+            try:
+                if "when" in row and not self._templar.evaluate_conditional(row["when"]):
+                    continue
+                judged += 1
+                failure = self._judge(row)
+            except AnsibleError as error:
+                # The error's text may quote a value (a secret's too): only its kind is shown.
+                return {**result, "failed": True,
+                        "msg": f"input_checks: the check of {label} could not be evaluated ({type(error).__name__})"}
+            if failure is not None:
+                return {**result, "failed": True, "msg": failure}
+        return {**result, "changed": False, "msg": f"{judged} checks passed"}
+
+    def _judge(self, row: dict[str, Any]) -> str | None:
+        """None when the row passes, else its message."""
+        if "that" in row:
+            conditions = row["that"] if isinstance(row["that"], list) else [row["that"]]
+            for condition in conditions:
+                passed = condition if isinstance(condition, bool) else self._templar.evaluate_conditional(condition)
+                if not passed:
+                    return str(self._templar.template(row["msg"])).strip()
+            return None
+        value = self._templar.template(row["value"])
+        text = str(value)
+        if not isinstance(value, bool) and _WHOLE.match(text) and int(row["min"]) <= int(text) <= int(row["max"]):
+            return None
+        return (f"{row['name']} must be a whole number from {row['min']} to {row['max']}; "
+                f"got {json.dumps(value, default=str)}.")

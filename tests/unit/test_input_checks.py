@@ -1,0 +1,41 @@
+"""llm_endpoints.core.input_checks (plugins/action/input_checks.py): rows judged in order, the first failing row's
+message, `when`, the shared message of a number row, and an expression that cannot be evaluated named without its
+error text. One run, one local host per case."""
+from __future__ import annotations
+
+import pytest
+from llm_fixture import Cases, run_cases
+
+GOOD = {"items": [1, 2], "count": 3, "secret": "abc", "check_secret": True}
+CASES = {
+    "good": ({}, "4 checks passed"),
+    # The second row would raise on a string: the first fails, and the second is never evaluated.
+    "string": ({"items": "x"}, 'items must be a list; got "x".'),
+    "sum": ({"items": [60, 50]}, "items must add up to less than 100; got 110."),
+    "zero": ({"count": 0}, "count must be a whole number from 1 to 5; got 0."),
+    "text": ({"count": "3x"}, 'count must be a whole number from 1 to 5; got "3x".'),
+    "bool": ({"count": True}, "count must be a whole number from 1 to 5; got true."),
+    "secret": ({"secret": "Hunter-2-SECRET"}, "secret must be lower-case letters (its value is not shown)."),
+    "skipped": ({"secret": "Hunter-2-SECRET", "check_secret": False}, "3 checks passed"),
+    "raises": ({"items": [1, "Hunter-2-SECRET"]},
+               "input_checks: the check of row 1 could not be evaluated (AnsibleTemplate"),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> Cases:
+    work = tmp_path_factory.mktemp("input-checks")
+    return run_cases(work, "input_checks.yml", {name: {**GOOD, **extra} for name, (extra, _) in CASES.items()})
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_row_fails_with_its_own_message_or_the_table_passes(runs: Cases, case: str) -> None:
+    message = CASES[case][1]
+    output = runs.hosts[case]
+    assert (case in runs.failed) == ("checks passed" not in message), output[-2000:]
+    assert message in output, output[-2000:]
+
+
+def test_no_value_of_a_secret_row_or_an_expression_that_raised_is_shown(runs: Cases) -> None:
+    assert "Hunter-2-SECRET" not in runs.output.replace('"secret": "Hunter-2-SECRET"', "")
+
