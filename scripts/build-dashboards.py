@@ -146,6 +146,16 @@ def fleet() -> Dashboard:
     board.with_panel(lay.place(series(
         "Containers healthy", "short", "1 while a compose service runs and passes its health check (watchdog).",
         (f"llm_stack_container_healthy{{{H}}}", "{{host}} {{service}}"))))
+    board.with_row(lay.row("Usage per key"))
+    board.with_panel(lay.place(series(
+        "Tokens per key, each hour (every host)", "short",
+        "Prompt and completion tokens each client key used in the hour up to each point, all hosts of the selection "
+        "added, from the backends' counters. The shared store's usage ledger keeps the same per key and UTC day "
+        "across restarts (llm_backend.py ledger).",
+        (f"sum by (key_id, type) (increase(llm_backend_tokens_total{{{H}}}[1h]))", "{{key_id}} {{type}}"))))
+    board.with_panel(lay.place(series(
+        "Requests per key/s (every host)", "reqps", "Each client key's answered requests per second, by status.",
+        (f"sum by (key_id, status) (rate(llm_backend_requests_total{{{H}}}[{RATE}]))", "{{key_id}} {{status}}"))))
     return board
 
 

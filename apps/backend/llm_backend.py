@@ -100,6 +100,8 @@ KEYS_POLL_S = 2.0
 # A shared in-flight entry outlives its request's deadline by this much before it ends on its own (a host that died
 # mid-request frees its slots then).
 LEASE_MARGIN_S = 60.0
+# What the gateway asks of the shared store (the label of llm_backend_limits_store_errors_total).
+STORE_OPERATIONS = ("admit", "hit", "count", "release", "usage")
 # The container's own healthcheck connects from here: never refused by the connection cap, so /health answers
 # while the cap is reached (the watchdog would otherwise restart the backend, cutting every stream).
 LOOPBACK = frozenset({"127.0.0.1", "::1"})
@@ -1033,6 +1035,10 @@ class Gateway:
         self.shared = SharedLimits(settings.limits_url, settings.limits_timeout_s,
                                    settings.request_timeout_s + LEASE_MARGIN_S) if settings.limits_url else None
         self.store_tasks: set[asyncio.Task] = set()
+        # Each operation's error count is there at 0 from the start: Prometheus's increase() then sees the first one.
+        if self.shared is not None:
+            for operation in STORE_OPERATIONS:
+                self.metrics.limits_store_errors.labels(operation)
 
     @asynccontextmanager
     async def lifespan(self, _app: FastAPI) -> AsyncIterator[None]:

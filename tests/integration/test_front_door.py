@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from llm_fixture import Cases, free_port, run_cases, run_playbook
 from sse_server import Script, serve
-from test_backend_live import ALICE, auth, poll, running_backend
+from test_backend_live import ALICE, METRICS_TOKEN, auth, poll, running_backend
 
 ROOT = Path(__file__).resolve().parents[2]
 HAPROXY_DIR = ROOT / ".cache/haproxy"
@@ -88,6 +88,8 @@ class FrontDoor:
     socket: Path
     config: Path
     backends: dict[str, object]
+    # Each host's synthetic engine (its handler's script can be changed between requests).
+    engines: dict[str, object]
     # Runs the role's config entry point again, with these servers besides the two (Ansible's Run).
     render: Callable[..., object]
 
@@ -151,7 +153,7 @@ def front_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoor]:
             proc = subprocess.Popen([str(bindir / "haproxy"), "-db", "-f", str(work / "haproxy.cfg")],
                                     stdout=out, stderr=subprocess.STDOUT)
         door = FrontDoor(work, f"https://127.0.0.1:{https_port}", f"http://127.0.0.1:{http_port}", ca,
-                         work / "run/admin.sock", work / "haproxy.cfg", backends, render)
+                         work / "run/admin.sock", work / "haproxy.cfg", backends, engines, render)
         try:
             poll(lambda: door.socket.exists() and set(door.status().values()) == {"UP"}, 20,
                  f"HAProxy up with both servers UP ({log.read_text()[-2000:] if log.exists() else ''})")
@@ -268,17 +270,58 @@ def old_tls_server(work: Path) -> Iterator[int]:
         thread.join(timeout=5)
 
 
-def test_a_drained_host_gets_no_new_requests(front_door: FrontDoor) -> None:
-    assert front_door.admin("set server api/host-a state drain").strip() == ""
+def rollout_step(door: FrontDoor, step: str, host: str = "host-a") -> object:
+    """llm_rollout's entry point drain or undrain for `host`, with this front door as the group llm_edge."""
+    port = int(door.backends[host].url.rsplit(":", 1)[1])
+    return run_playbook(door.work / f"rollout-{step}-{time.monotonic_ns()}", "rollout_drain.yml",
+                        {"rollout_test_step": step, "rollout_test_host": host, "rollout_test_socket": str(door.socket),
+                         "rollout_test_backend_port": port, "rollout_test_metrics_token": METRICS_TOKEN,
+                         "llm_rollout_drain_timeout_s": 30})
+
+
+def test_a_rollout_drains_a_host_waits_for_its_stream_and_puts_it_back(front_door: FrontDoor) -> None:
+    """llm_rollout's drain (as a rollout runs it before a switch) while host-a serves a stream of about 10 s, longer
+    than the drain's own run: host-a is drained on the front door through its runtime API, new requests all go to
+    host-b, and the drain is not done before host-a's stream has ended (its backend's in-flight gauge). Then undrain:
+    host-a takes requests again."""
+    script = front_door.engines["host-a"].RequestHandlerClass.script
+    script.chunks, script.gap_s = 25, 0.4
+    ended: list[float] = []
+    started = threading.Event()
+
+    def stream() -> None:
+        with httpx.stream("POST", front_door.backends["host-a"].url + "/v1/chat/completions", headers=auth(ALICE),
+                          json={"model": "scripted-model", "messages": [{"role": "user", "content": "hi"}],
+                                "stream": True}, timeout=30) as response:
+            for _ in response.iter_bytes():
+                started.set()
+        ended.append(time.monotonic())
+    thread = threading.Thread(target=stream)
     try:
+        thread.start()
+        assert started.wait(10)
+        run = rollout_step(front_door, "drain")
+        drained_at = time.monotonic()
+        thread.join(30)
+        assert run.rc == 0, run.output[-3000:]
+        assert ended and ended[0] <= drained_at, "the drain ended before the host's stream"
+        assert "The backend's in-flight gauge is read until it is 0" in run.output and "RETRYING" in run.output
         assert front_door.status()["host-a"] == "DRAIN"
         before = counts(front_door)
         with front_door.client() as client:
             assert all(client.get("/v1/models", headers=auth(ALICE)).status_code == 200 for _ in range(8))
         assert served_by(front_door, before) == {"host-a": 0, "host-b": 8}
     finally:
-        front_door.admin("set server api/host-a state ready")
+        script.chunks, script.gap_s = 5, 0.01
+        thread.join(30)
+    run = rollout_step(front_door, "undrain")
+    assert run.rc == 0, run.output[-3000:]
     assert front_door.status()["host-a"] == "UP"
+    before = counts(front_door)
+    with front_door.client() as client:
+        assert all(client.get("/v1/models", headers=auth(ALICE)).status_code == 200 for _ in range(8))
+    assert served_by(front_door, before)["host-a"] > 0
+    assert METRICS_TOKEN not in run.output
 
 
 def test_a_failed_host_is_out_within_10_s_and_no_request_fails(front_door: FrontDoor) -> None:

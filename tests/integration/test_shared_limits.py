@@ -95,6 +95,13 @@ def chat(stream: bool = True) -> dict:
     return {"model": "scripted-model", "messages": [{"role": "user", "content": "hi"}], "stream": stream}
 
 
+def test_the_store_error_counts_are_exported_at_zero_from_the_start(fleet: Fleet) -> None:
+    """Before any failure, so that Prometheus's increase() sees the first one (LLMLimitsStoreUnreachable)."""
+    metrics = httpx.get(fleet.b.url + "/metrics", headers=METRICS_AUTH).text
+    counted = re.findall(r'^llm_backend_limits_store_errors_total\{operation="(\w+)"\} 0\.0$', metrics, re.M)
+    assert sorted(counted) == ["admit", "count", "hit", "release", "usage"], metrics
+
+
 def test_a_keys_rate_counts_once_across_two_hosts(fleet: Fleet) -> None:
     """bob may send 3 a minute: 2 through one host and 1 through the other use it up on both."""
     codes = [httpx.get(backend.url + "/v1/models", headers=auth(BOB)).status_code

@@ -99,7 +99,7 @@ def test_the_alert_rules_are_loaded(host: Host) -> None:
     groups = get(host, f"{PROMETHEUS}/api/v1/rules?type=alert")["data"]["groups"]
     alerts = {r["name"] for g in groups for r in g["rules"]}
     assert {"LLMEngineDown", "LLMEngineNotReady", "GPUMemoryAboveExpected", "HFCacheDiskFilling"} <= alerts
-    assert len(alerts) == 14
+    assert len(alerts) == 15
 
 
 def panels_without_series(host: Host) -> list[str]:
