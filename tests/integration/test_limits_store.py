@@ -67,6 +67,15 @@ def test_the_configuration_is_0640_and_never_shown(store: dict) -> None:
     assert PASSWORD not in store["run"].output
 
 
+def test_an_ipv6_address_is_bound_without_its_brackets(tmp_path: Path) -> None:
+    run = run_playbook(tmp_path, "limits_store_config.yml",
+                       {"limits_store_bind_address": "[::1]", "limits_store_password": PASSWORD,
+                        "limits_store_dir": str(tmp_path / "data"),
+                        "limits_store_config_file": str(tmp_path / "s.conf"), "__limits_store_group": "root"})
+    assert run.rc == 0, run.output[-3000:]
+    assert "\nbind ::1\n" in (tmp_path / "s.conf").read_text()
+
+
 def test_nothing_is_answered_without_the_password(store: dict) -> None:
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(port=store["port"], socket_timeout=1).ping()
@@ -114,7 +123,11 @@ BAD_INPUTS = [
     ({"limits_store_password": "short-0123"}, "limits_store_password must be 32 to 512 letters"),
     ({"limits_store_password": PASSWORD + "\nuser evil on nopass +@all"}, "limits_store_password must be 32 to 512"),
     ({"limits_store_password": PASSWORD + "@host"}, "limits_store_password must be 32 to 512 letters"),
+    # The vault example's placeholder is well-formed, and published.
+    ({"limits_store_password": "CHANGE-ME-openssl-rand-hex-32-gives-one-0123456789"},
+     "not the vault example's CHANGE-ME placeholder"),
     ({"limits_store_bind_address": "0.0.0.0"}, 'limits_store_bind_address must be the one address'),
+    ({"limits_store_bind_address": "[::]"}, 'limits_store_bind_address must be the one address'),
     ({"limits_store_bind_address": "127.0.0.1\nbind 0.0.0.0"}, 'limits_store_bind_address must be the one address'),
     ({"limits_store_port": 70000}, "limits_store_port must be a whole number from 1 to 65535; got 70000."),
     ({"limits_store_maxmemory_mb": "1gb"},

@@ -25,7 +25,7 @@ THRESHOLDS = {
     "monitoring_alert_gpu_power_w": 600, "monitoring_alert_gpu_for_s": 300, "monitoring_alert_disk_free_ratio": 0.1,
     "monitoring_alert_disk_for_s": 600, "monitoring_alert_backend_5xx_ratio": 0.05,
     "monitoring_alert_backend_rate_limited_per_s": 1.0, "monitoring_alert_backend_for_s": 300,
-    "monitoring_alert_limits_store_for_s": 60, "monitoring_alert_target_down_for_s": 300}
+    "monitoring_alert_limits_store_for_s": 180, "monitoring_alert_target_down_for_s": 300}
 # gpu-1 runs the backend, so its engine is on loopback unless bound to a site address; cpu-1's engine has a key
 # (llama.cpp's /metrics asks for it).
 ENGINE_KEY = "engine-key-of-cpu-1-0123456789abcdef"
