@@ -54,10 +54,11 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
                  "__limits_store_group": "root"}
     run = run_playbook(work, "limits_store_config.yml", variables)
     assert run.rc == 0, run.output[-4000:]
-    process = server(work / "store.conf", port)
-    yield {"work": work, "data": data, "port": port, "run": run, "process": process}
-    process.kill()
-    process.wait()
+    state = {"work": work, "data": data, "port": port, "run": run, "process": server(work / "store.conf", port)}
+    yield state
+    # The server running now (the restart test started another).
+    state["process"].kill()
+    state["process"].wait()
 
 
 def test_the_configuration_is_0640_and_never_shown(store: dict) -> None:
