@@ -17,7 +17,7 @@ help:
 	@echo "make lab       create/reuse the local lab host and run site.yml against it"
 	@echo "make lab-down  remove the lab host"
 	@echo "make test      lint, syntax check, pytest and every molecule scenario (what CI runs; CONTRIBUTING.md)"
-	@echo "make bench     benchmarks that print figures (fidelity, client capacity, gateway overhead)"
+	@echo "make bench     benchmarks that print figures (fidelity, client capacity, gateway and front door overhead)"
 	@echo "make bench-fleet  idempotent converge on 1 and 8 lab hosts, linear and Mitogen: wall times, ratios, slowest roles (~20 min)"
 	@echo "make collection  build the collection artifact llm_endpoints.core into .cache/dist"
 
@@ -93,10 +93,11 @@ test:
 	scripts/run-tests.sh
 
 # Figures, not pass/fail: see benchmarks/*.py.
-bench: venv
+bench: venv haproxy
 	$(BIN)/python benchmarks/fidelity.py
 	$(BIN)/python benchmarks/client_capacity.py
 	$(BIN)/python benchmarks/gateway_overhead.py
+	$(BIN)/python benchmarks/front_door_overhead.py
 
 # An idempotent site.yml converge on 1 and on 8 lab hosts (engine only), with Ansible's linear strategy and with
 # Mitogen's, and the slowest roles and tasks: ~20 min.

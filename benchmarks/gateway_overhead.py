@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import resource
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -96,19 +97,15 @@ def own_cpu_s() -> float:
 
 
 @contextmanager
-def running_stack(tokens: int, workdir: Path) -> Iterator[Stack]:
-    queue: multiprocessing.Queue = multiprocessing.Queue()
-    server = multiprocessing.Process(target=server_process, daemon=True, args=(
-        queue, Script(ttft_s=0.0, gap_s=0.0, chunks=tokens, keep_alive=True)))
-    server.start()
-    upstream = queue.get(timeout=10)
-    keys = workdir / f"keys-{tokens}.json"
+def running_gateway(upstream: str, workdir: Path, name: str) -> Iterator[tuple[str, int]]:
+    """`python apps/backend/llm_backend.py` with one key in front of `upstream`: (its URL, its pid)."""
+    keys = workdir / f"keys-{name}.json"
     keys.write_text(json.dumps({"keys": [{"id": "bench", "sha256": hashlib.sha256(KEY.encode()).hexdigest(),
                                           "rate_limit": "1000000/minute", "max_streams": 1000}]}))
     port = free_port()
     env = dict(os.environ, LLM_BACKEND_UPSTREAM_URL=upstream, LLM_BACKEND_KEYS_FILE=str(keys),
                LLM_BACKEND_HOST="127.0.0.1", LLM_BACKEND_PORT=str(port))
-    log = (workdir / f"gateway-{tokens}.log").open("w")
+    log = (workdir / f"gateway-{name}.log").open("w")
     gateway = subprocess.Popen([sys.executable, str(ROOT / "apps/backend/llm_backend.py")], env=env, stdout=log)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -122,22 +119,37 @@ def running_stack(tokens: int, workdir: Path) -> Iterator[Stack]:
                 if time.monotonic() > deadline or gateway.poll() is not None:
                     raise RuntimeError("the gateway did not become healthy") from None
                 time.sleep(0.1)
-        assert server.pid is not None
-        yield Stack(upstream, url, server.pid, gateway.pid)
+        yield url, gateway.pid
     finally:
         gateway.terminate()
         gateway.wait(timeout=15)
-        server.terminate()
         log.close()
 
 
-async def one_request(url: str, body: bytes) -> tuple[float, int]:
-    """POST, then read to EOF (Connection: close); TTFT is the arrival of the first token event."""
+@contextmanager
+def running_stack(tokens: int, workdir: Path) -> Iterator[Stack]:
+    queue: multiprocessing.Queue = multiprocessing.Queue()
+    server = multiprocessing.Process(target=server_process, daemon=True, args=(
+        queue, Script(ttft_s=0.0, gap_s=0.0, chunks=tokens, keep_alive=True)))
+    server.start()
+    upstream = queue.get(timeout=10)
+    try:
+        with running_gateway(upstream, workdir, str(tokens)) as (url, pid):
+            assert server.pid is not None
+            yield Stack(upstream, url, server.pid, pid)
+    finally:
+        server.terminate()
+
+
+async def one_request(url: str, body: bytes, tls: ssl.SSLContext | None = None) -> tuple[float, int]:
+    """POST, then read to EOF (Connection: close); TTFT is the arrival of the first token event (the TLS handshake
+    of an https URL included, as a client without a kept connection pays it)."""
     parts = urlsplit(url)
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {parts.netloc}\r\nAuthorization: Bearer {KEY}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
     started = time.perf_counter()
-    reader, writer = await asyncio.open_connection(parts.hostname, parts.port)
+    reader, writer = await asyncio.open_connection(parts.hostname, parts.port,
+                                                   ssl=tls if parts.scheme == "https" else None)
     writer.write(head + body)
     received = bytearray()
     ttft = 0.0
@@ -151,13 +163,14 @@ async def one_request(url: str, body: bytes) -> tuple[float, int]:
     return ttft, received.count(TOKEN_MARK)
 
 
-async def run_requests(url: str, concurrency: int, requests: int, level: Level) -> None:
+async def run_requests(url: str, concurrency: int, requests: int, level: Level,
+                       tls: ssl.SSLContext | None = None) -> None:
     body = json.dumps({"model": "synthetic", "stream": True, "messages": [{"role": "user", "content": "hi"}]}).encode()
     pending = iter(range(requests))
 
     async def worker() -> None:
         for _ in pending:
-            ttft, tokens = await one_request(url, body)
+            ttft, tokens = await one_request(url, body, tls)
             level.ttfts.append(ttft)
             level.tokens += tokens
 
@@ -180,25 +193,33 @@ def measure(stack: Stack, concurrency: int, requests: int, rounds: int) -> tuple
     return direct, via
 
 
-def print_levels(title: str, levels: list[Level]) -> None:
+def print_levels(title: str, levels: list[Level], cpu_label: str = "gateway CPU s/1k tok",
+                 cpu_routes: tuple[str, ...] = ("gateway",)) -> None:
+    """The table of a phase; the CPU column is the measured process's, for the routes that pass through one."""
+    width = max(7, *(len(lv.route) for lv in levels))
     print(f"\n{title}")
-    print(f"{'route':>7} {'conc':>4} {'reqs':>5} {'TTFT p50 ms':>11} {'TTFT p99 ms':>11} {'tokens/s':>9} "
-          f"{'gateway CPU s/1k tok':>20} {'client CPU':>10}")
+    print(f"{'route':>{width}} {'conc':>4} {'reqs':>5} {'TTFT p50 ms':>11} {'TTFT p99 ms':>11} {'tokens/s':>9} "
+          f"{cpu_label:>{len(cpu_label)}} {'client CPU':>10}")
     for lv in levels:
-        gateway_cpu = f"{1000 * lv.gateway_cpu_s / max(1, lv.tokens):.4f}" if lv.route == "gateway" else "-"
-        print(f"{lv.route:>7} {lv.concurrency:>4} {len(lv.ttfts):>5} {lv.ttft_ms(0.5):>11.2f} "
-              f"{lv.ttft_ms(0.99):>11.2f} {lv.tokens_per_s:>9,.0f} {gateway_cpu:>20} "
+        cpu = f"{1000 * lv.gateway_cpu_s / max(1, lv.tokens):.4f}" if lv.route in cpu_routes else "-"
+        print(f"{lv.route:>{width}} {lv.concurrency:>4} {len(lv.ttfts):>5} {lv.ttft_ms(0.5):>11.2f} "
+              f"{lv.ttft_ms(0.99):>11.2f} {lv.tokens_per_s:>9,.0f} {cpu:>{len(cpu_label)}} "
               f"{100 * lv.client_cpu_s / lv.wall_s:>9.0f}%")
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def phase_arguments(parser: argparse.ArgumentParser, rounds_help: str) -> None:
+    """The options both overhead benchmarks take: the two phases' sizes, the levels, the rounds."""
     parser.add_argument("--short-tokens", type=int, default=16, help="tokens per request, TTFT phase")
     parser.add_argument("--short-requests", type=int, default=600, help="requests per level and route, TTFT phase")
     parser.add_argument("--long-tokens", type=int, default=2000, help="tokens per request, throughput phase")
     parser.add_argument("--long-requests", type=int, default=96, help="requests per level and route, throughput")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--rounds", type=int, default=3, help="direct/gateway alternations per level")
+    parser.add_argument("--rounds", type=int, default=3, help=rounds_help)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    phase_arguments(parser, "direct/gateway alternations per level")
     args = parser.parse_args()
     print(f"machine: {os.cpu_count()} cores (server, gateway and client share them); synthetic SSE server: "
           "1 token per event, one write per event, TTFT 0, keep-alive")
