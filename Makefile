@@ -49,6 +49,7 @@ lab-images:
 
 lab: venv lab-images
 	$(BIN)/ansible-playbook playbooks/lab_host.yml
+	$(BIN)/ansible-playbook playbooks/lab_tls.yml
 	$(BIN)/ansible-playbook -i inventory/lab site.yml
 	$(BIN)/ansible-playbook -i inventory/lab playbooks/lab_summary.yml
 

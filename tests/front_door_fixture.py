@@ -62,10 +62,11 @@ def make_tls(tmp: Path) -> tuple[Path, Path, Path]:
     return paths
 
 
-def config_vars(work: Path, https_port: int, http_port: int, servers: list[dict]) -> dict:
+def config_vars(work: Path, https_port: int, http_port: int, servers: list[dict], metrics_port: int = 0) -> dict:
     return {"front_door_backend_group": "front_door_test_servers", "front_door_test_servers": servers,
             "front_door_bind_address": "127.0.0.1", "front_door_https_port": https_port,
             "front_door_http_port": http_port, "front_door_user": "",
+            "front_door_metrics_bind_address": "127.0.0.1", "front_door_metrics_port": metrics_port,
             "front_door_config_file": str(work / "haproxy.cfg"), "front_door_certificate_dir": str(work / "certs"),
             "front_door_admin_socket": str(work / "run/admin.sock"),
             "front_door_tls_certificate_file": str(work / "cert.pem"),

@@ -29,6 +29,20 @@ def compose_project(services: list[dict[str, Any]], project: str, common: dict[s
     return {"name": project, "services": assembled}
 
 
+# Every address of a family, and the loopback addresses, as a bind address is written (IPv6 in brackets).
+_WILDCARD_OR_LOOPBACK = re.compile(r"(0\.0\.0\.0|\[::\]|127\.[0-9.]+|\[::1\]|localhost)\Z")
+
+
+def published_ports(bind: str, host_port: Any, container_port: Any) -> list[str]:
+    """A service's compose `ports` on one bind address; a service bound to one address of the host's network (its
+    internal address behind a front door) is published on 127.0.0.1 as well, so that the host's own checks and tools
+    keep reaching it where they always have."""
+    ports = [f"{bind}:{host_port}:{container_port}"]
+    if not _WILDCARD_OR_LOOPBACK.match(str(bind)):
+        ports.append(f"127.0.0.1:{host_port}:{container_port}")
+    return ports
+
+
 class FilterModule:
     def filters(self) -> dict:
-        return {"llm_compose_project": compose_project}
+        return {"llm_compose_project": compose_project, "llm_published_ports": published_ports}

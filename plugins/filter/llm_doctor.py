@@ -152,6 +152,38 @@ def _engine_findings(raw: dict[str, Any], expect: dict[str, Any]) -> tuple[list[
     return findings, summary
 
 
+def _front_door_findings(raw: dict[str, Any], expect: dict[str, Any]) -> list[dict[str, str]]:
+    """How each of the fleet's front doors sees this host (HAProxy's own metrics: haproxy_server_status, one sample
+    per server and state, the current one 1): a server of its API (and chat UI where it runs), UP."""
+    host = raw.get("host")
+    proxies = ["api"] + (["chat_ui"] if expect.get("frontend") else [])
+    found = []
+    for door in raw.get("front_doors") or []:
+        metrics = door.get("metrics") or {}
+        name = door.get("host")
+        if metrics.get("status") != 200:
+            found.append(_finding("front_door", WARN, f"the front door on {name} did not answer at {door.get('url')} "
+                                                      f"({metrics.get('msg') or metrics.get('status')}): how it sees "
+                                                      "this host is unknown"))
+            continue
+        states = {s["labels"].get("proxy"): s["labels"].get("state")
+                  for s in prometheus_samples(metrics.get("content") or "")
+                  if s["name"] == "haproxy_server_status" and s["labels"].get("server") == host and s["value"] == 1}
+        missing = [p for p in proxies if p not in states]
+        down = [f"{p} {states[p]}" for p in proxies if p in states and states[p] != "UP"]
+        if missing:
+            found.append(_finding("front_door", FAIL, f"not a server of the front door on {name} "
+                                                      f"({', '.join(missing)}): run site.yml for it"))
+        elif down:
+            drained = all(states[p] == "DRAIN" for p in proxies if states[p] != "UP")
+            found.append(_finding("front_door", WARN if drained else FAIL,
+                                  f"the front door on {name} sends it no new requests: {', '.join(down)}"
+                                  + (" (drained, as a rollout does)" if drained else "")))
+        else:
+            found.append(_finding("front_door", OK, f"UP in the front door on {name} ({', '.join(proxies)})"))
+    return found
+
+
 def findings(raw: dict[str, Any]) -> dict[str, Any]:
     """Judge one host's captures. `raw["expect"]` says what the host should have: gpu (an NVIDIA GPU must be
     driven), engine (an engine must answer), served_model_name, driver_branch / driver_flavor / driver_provider
@@ -253,6 +285,7 @@ def findings(raw: dict[str, Any]) -> dict[str, Any]:
 
     engine_found, summary["engine"] = _engine_findings(raw, expect)
     found.extend(engine_found)
+    found.extend(_front_door_findings(raw, expect))
 
     report = raw.get("report") or {}
     if report.get("path"):
@@ -290,6 +323,12 @@ def http_capture(result: dict[str, Any] | None) -> dict[str, Any]:
     elif result.get("content") is not None:
         kept["content"] = str(result["content"])[:400000]
     return kept
+
+
+def door_capture(result: dict[str, Any]) -> dict[str, Any]:
+    """One front door's metrics call (a loop item of the doctor's uri task): {host, url, metrics}."""
+    door = result.get("__doctor_door") or {}
+    return {"host": door.get("host"), "url": f"http://{door.get('address')}/metrics", "metrics": http_capture(result)}
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -330,4 +369,5 @@ def table(results: list[dict[str, Any]]) -> str:
 class FilterModule:
     def filters(self) -> dict:
         return {"llm_doctor_findings": findings, "llm_doctor_table": table, "llm_doctor_capture": capture,
-                "llm_doctor_http": http_capture, "llm_prometheus_samples": prometheus_samples}
+                "llm_doctor_http": http_capture, "llm_doctor_door": door_capture,
+                "llm_prometheus_samples": prometheus_samples}

@@ -44,6 +44,19 @@ def compose_config(stack: Path) -> dict:
     return json.loads(out.stdout)["services"]
 
 
+def test_behind_a_front_door_every_service_listens_on_the_internal_address_and_loopback(tmp_path: Path) -> None:
+    # The front door's group has hosts (this one, here): the production inventory's services leave every address.
+    rc, output, stack = render(tmp_path, {**PRODUCTION, **VAULT, "llm_apps_backend_limits_url": STORE_URL,
+                                          "llm_front_door_group": "llm_hosts", "llm_internal_address": "10.0.0.9"})
+    assert rc == 0, output[-4000:]
+    services = compose_config(stack)
+    for name, port in (("engine", "8000"), ("backend", "8080"), ("frontend", "8501")):
+        assert sorted((p["host_ip"], p["published"]) for p in services[name]["ports"]) == \
+            [("10.0.0.9", port), ("127.0.0.1", port)], name
+    # The engine on the internal address is by design there (Prometheus scrapes it): no warning about it.
+    assert "reachable from other machines" not in output
+
+
 def test_production_inventory_renders_the_seed_with_backend_and_chat_ui(tmp_path: Path) -> None:
     rc, output, stack = render(tmp_path, {**PRODUCTION, **VAULT, "llm_apps_backend_limits_url": STORE_URL})
     assert rc == 0, output[-4000:]

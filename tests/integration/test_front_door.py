@@ -37,6 +37,8 @@ class FrontDoor:
     engines: dict[str, object]
     # Runs the role's config entry point again, with these servers besides the two (Ansible's Run).
     render: Callable[..., object]
+    # HAProxy's own Prometheus metrics (the role's metrics frontend).
+    metrics: str = ""
 
     def admin(self, command: str) -> str:
         """One command to HAProxy's runtime API (the role's admin socket)."""
@@ -73,13 +75,14 @@ def front_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoor]:
             ctx = running_backend(work / name, url)
             backends[name] = ctx.__enter__()
             stack.append(ctx)
-        https_port, http_port = free_port(), free_port()
+        https_port, http_port, metrics_port = free_port(), free_port(), free_port()
         servers = [{"name": name, "port": int(backend.url.rsplit(":", 1)[1])} for name, backend in backends.items()]
         env = {"PATH": f"{bindir}:{Path(sys.executable).parent}:{os.environ['PATH']}"}
 
         def render(extra_servers: list[dict] = ()) -> object:
             return run_playbook(work / f"render-{time.monotonic_ns()}", "front_door_config.yml",
-                                config_vars(work, https_port, http_port, servers + list(extra_servers)), envvars=env)
+                                config_vars(work, https_port, http_port, servers + list(extra_servers), metrics_port),
+                                envvars=env)
 
         run = render()
         assert run.rc == 0, run.output[-3000:]
@@ -88,7 +91,8 @@ def front_door(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoor]:
             proc = subprocess.Popen([str(bindir / "haproxy"), "-db", "-f", str(work / "haproxy.cfg")],
                                     stdout=out, stderr=subprocess.STDOUT)
         door = FrontDoor(work, f"https://127.0.0.1:{https_port}", f"http://127.0.0.1:{http_port}", ca,
-                         work / "run/admin.sock", work / "haproxy.cfg", backends, engines, render)
+                         work / "run/admin.sock", work / "haproxy.cfg", backends, engines, render,
+                         f"http://127.0.0.1:{metrics_port}/metrics")
         try:
             poll(lambda: door.socket.exists() and set(door.status().values()) == {"UP"}, 20,
                  f"HAProxy up with both servers UP ({log.read_text()[-2000:] if log.exists() else ''})")
@@ -146,6 +150,15 @@ def test_https_with_the_ca_reaches_both_hosts_and_metrics_stay_inside(front_door
         assert client.get("/health").status_code == 200
     served = served_by(front_door, before)
     assert sum(served.values()) == 10 and all(count > 0 for count in served.values()), served
+
+
+def test_haproxy_s_own_metrics_show_each_server_s_state_and_serve_nothing_else(front_door: FrontDoor) -> None:
+    text = httpx.get(front_door.metrics).text
+    for name in front_door.backends:
+        # Metric and labels as HAProxy 2.6's built-in exporter names them (what the monitoring role's alert reads).
+        assert f'haproxy_server_status{{proxy="api",server="{name}",state="UP"}} 1' in text
+        assert f'haproxy_server_status{{proxy="api",server="{name}",state="DOWN"}} 0' in text
+    assert httpx.get(front_door.metrics.replace("/metrics", "/v1/models")).status_code == 404
 
 
 def test_a_stream_passes_through_whole(front_door: FrontDoor) -> None:
@@ -300,7 +313,7 @@ BAD_INPUTS = [
     ({"front_door_tls_private_key": SECRET_KEY_TEXT, "front_door_tls_private_key_file": ""},
      "the key is set"),
     ({"front_door_server_address": "bad address"},
-     "front_door_server_address of host case-11 (else its ansible_host, else its name) must be an IPv4 address"),
+     "front_door_server_address of host case-11 (else its llm_internal_address) must be an IPv4 address"),
 ]
 
 
@@ -311,7 +324,9 @@ def bad_input_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Cases, Pat
     cases = {}
     for index, (extra, _) in enumerate(BAD_INPUTS):
         case = work / f"case-{index}"
+        # Every case host is a server of every case's front door: each listens on 127.0.0.1 (its internal address).
         cases[f"case-{index}"] = {**config_vars(case, 8443, 8080, []), "front_door_backend_group": "llm_hosts",
+                                  "llm_internal_address": "127.0.0.1",
                                   "front_door_tls_certificate_file": str(work / "cert.pem"),
                                   "front_door_tls_private_key_file": str(work / "key.pem"), **extra}
         cases[f"case-{index}"].pop("front_door_test_servers")

@@ -25,7 +25,8 @@ THRESHOLDS = {
     "monitoring_alert_gpu_power_w": 600, "monitoring_alert_gpu_for_s": 300, "monitoring_alert_disk_free_ratio": 0.1,
     "monitoring_alert_disk_for_s": 600, "monitoring_alert_backend_5xx_ratio": 0.05,
     "monitoring_alert_backend_rate_limited_per_s": 1.0, "monitoring_alert_backend_for_s": 300,
-    "monitoring_alert_limits_store_for_s": 180, "monitoring_alert_target_down_for_s": 300}
+    "monitoring_alert_limits_store_for_s": 180, "monitoring_alert_front_door_for_s": 60,
+    "monitoring_alert_target_down_for_s": 300}
 # gpu-1 runs the backend, so its engine is on loopback unless bound to a site address; cpu-1's engine has a key
 # (llama.cpp's /metrics asks for it).
 ENGINE_KEY = "engine-key-of-cpu-1-0123456789abcdef"
@@ -83,7 +84,7 @@ def test_every_alert_has_a_firing_and_a_quiet_case(rendered: Path) -> None:
     # while the condition has not held for its window, or never held.
     assert alerts == firing, f"alerts without a firing case: {alerts - firing}; unknown: {firing - alerts}"
     assert alerts == quiet, f"alerts without a quiet case: {alerts - quiet}"
-    assert len(alerts) == 15
+    assert len(alerts) == 16
 
 
 def test_targets_come_from_the_inventory_group(rendered: Path) -> None:
@@ -97,6 +98,25 @@ def test_targets_come_from_the_inventory_group(rendered: Path) -> None:
     assert jobs["llm_backend:gpu-1"] == [("gpu-1", ["10.0.0.1:8080"])]  # where the backend runs, with its token
     assert jobs["dcgm"] == [("gpu-1", ["10.0.0.1:9400"]), ("gpu-2", ["gpu-2.example.net:9400"])]  # GPU hosts
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9093"]
+
+
+def test_behind_a_front_door_services_are_scraped_on_internal_addresses_and_haproxy_too(tmp_path: Path) -> None:
+    fleet = [{"name": "gpu-1", "address": "gpu-1.example.net", "internal": "10.0.0.1", "backend": True,
+              "metrics_token": METRICS_TOKEN}]
+    doors = [{"name": "edge-1", "address": "edge-1.example.net", "internal": "10.0.0.9"},
+             {"name": "edge-2", "address": "edge-2.example.net", "internal": "10.0.0.10", "metrics_port": 0}]
+    out, output, rc = render(tmp_path, fleet, monitoring_test_front_doors=doors, llm_front_door_group="front_doors")
+    assert rc == 0, output[-4000:]
+    config = yaml.safe_load((out / "prometheus/prometheus.yml").read_text())
+    jobs = {j["job_name"]: [(s["labels"]["host"], s["targets"]) for s in j["static_configs"]]
+            for j in config["scrape_configs"]}
+    # The engine and the backend listen on the host's internal address (and loopback): scraped there, not on the
+    # address Ansible reaches the host by; the exporters listen on every address.
+    assert jobs["llm_engine"] == [("gpu-1", ["10.0.0.1:8000"])]
+    assert jobs["llm_backend:gpu-1"] == [("gpu-1", ["10.0.0.1:8080"])]
+    assert jobs["node"] == [("gpu-1", ["gpu-1.example.net:9100"])]
+    # HAProxy's own metrics on each front door's internal address (none where its metrics port is 0).
+    assert jobs["front_door"] == [("edge-1", ["10.0.0.9:8405"])]
 
 
 def test_an_engine_key_is_sent_from_a_private_file_and_the_job_keeps_its_name(rendered: Path) -> None:

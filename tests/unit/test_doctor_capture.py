@@ -98,3 +98,38 @@ def test_preflight_and_the_preinstalled_driver_passed_there_twice() -> None:
     assert "driver.yml rc=0" in first
     # The first run wrote the local facts; the second changed nothing.
     assert "device                     : ok=34   changed=0" in again and "driver.yml again rc=0" in again
+
+
+def door_metrics(*servers: tuple[str, str, str]) -> str:
+    """HAProxy 2.6's exposition of haproxy_server_status (one sample per state, the current one 1)."""
+    lines = ["# HELP haproxy_server_status Current status of the service, per state label value.",
+             "# TYPE haproxy_server_status gauge"]
+    for proxy, server, current in servers:
+        lines += [f'haproxy_server_status{{proxy="{proxy}",server="{server}",state="{state}"}} '
+                  f'{1 if state == current else 0}' for state in ("DOWN", "UP", "MAINT", "DRAIN", "NOLB")]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(("servers", "status", "detail"), [
+    ([("api", "gpu-1", "UP"), ("chat_ui", "gpu-1", "UP"), ("api", "gpu-2", "DOWN")], "ok",
+     "UP in the front door on edge-1 (api, chat_ui)"),
+    ([("api", "gpu-1", "UP")], "fail", "not a server of the front door on edge-1 (chat_ui): run site.yml for it"),
+    ([("api", "gpu-1", "DOWN"), ("chat_ui", "gpu-1", "UP")], "fail",
+     "the front door on edge-1 sends it no new requests: api DOWN"),
+    ([("api", "gpu-1", "DRAIN"), ("chat_ui", "gpu-1", "DRAIN")], "warn",
+     "the front door on edge-1 sends it no new requests: api DRAIN, chat_ui DRAIN (drained, as a rollout does)"),
+])
+def test_how_the_front_door_sees_the_host_is_judged(captured: dict, servers: list, status: str, detail: str) -> None:
+    raw = {**captured["raw"][0], "host": "gpu-1", "expect": {**captured["raw"][0]["expect"], "frontend": True},
+           "front_doors": [{"host": "edge-1", "url": "http://10.0.0.9:8405/metrics",
+                            "metrics": {"status": 200, "content": door_metrics(*servers)}}]}
+    [finding] = [f for f in llm_doctor.findings(raw)["findings"] if f["check"] == "front_door"]
+    assert (finding["status"], finding["detail"]) == (status, detail)
+
+
+def test_a_front_door_that_does_not_answer_is_a_warning(captured: dict) -> None:
+    raw = {**captured["raw"][0], "front_doors": [{"host": "edge-1", "url": "http://10.0.0.9:8405/metrics",
+                                                  "metrics": {"status": -1, "msg": "Connection refused"}}]}
+    [finding] = [f for f in llm_doctor.findings(raw)["findings"] if f["check"] == "front_door"]
+    assert finding["status"] == "warn" and "did not answer at http://10.0.0.9:8405/metrics (Connection refused)" \
+        in finding["detail"]
