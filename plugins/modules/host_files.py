@@ -3,7 +3,7 @@
 
 Why not ansible.builtin.template/copy: each of those costs four round trips per file even when nothing changes (a
 temporary directory made, a stat with checksum, the file module for its attributes, the directory removed): 1.5 s per
-file over the lab's docker connection, a third of one host's idempotent converge (README, "Speed at scale"). The
+file over the lab's docker connection, a third of one host's idempotent converge (benchmarks/README.md). The
 files' contents are rendered on the control node (the template and file lookups) and passed here in one call.
 """
 from __future__ import annotations
