@@ -17,7 +17,9 @@ molecule=${MOLECULE:-$(command -v molecule || echo .venv/bin/molecule)}
 run_scenario() {
   local name=$1 start=${SECONDS} rc=0 line
   printf -- '--- molecule test -s %s: started at %s ---\n' "${name}" "$(date +%H:%M:%S)"
-  "${molecule}" test -s "${name}" >"${state}/molecule-${name}.log" 2>&1 || rc=$?
+  # Molecule's own lines (each step's start and end) get the time of day: where a scenario's minutes went.
+  "${molecule}" test -s "${name}" 2>&1 | perl -MPOSIX -pe '$_ = strftime("%H:%M:%S ", localtime) . $_ if /^INFO/' \
+    >"${state}/molecule-${name}.log" || rc=$?
   line=$(printf 'molecule %-13s %3d min %02d s, %s' "${name}" $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60)) \
     "$([ "${rc}" = 0 ] && echo passed || echo FAILED)")
   # One scenario's log at a time, whole, however the lanes interleave.

@@ -275,6 +275,26 @@ def test_a_rollout_drains_a_host_waits_for_its_stream_and_puts_it_back(front_doo
     assert METRICS_TOKEN not in run.output
 
 
+def test_a_host_whose_engine_fails_answers_503_and_the_request_is_served_by_the_other(front_door: FrontDoor) -> None:
+    """host-a's engine answers 500 to every completion (its /health still 200, so host-a stays in rotation): its
+    backend gives no answer but a 503, which the front door retries on host-b; no client sees it."""
+    script = front_door.engines["host-a"].RequestHandlerClass.script
+    before = counts(front_door)
+    body = {"model": "scripted-model", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    try:
+        script.status = 500
+        with front_door.client() as client:
+            replies = [client.post("/v1/chat/completions", headers=auth(ALICE), json=body) for _ in range(8)]
+    finally:
+        script.status = 200
+    assert [r.status_code for r in replies] == [200] * 8, [r.text[:200] for r in replies if r.status_code != 200]
+    assert all(r.text.rstrip().endswith("data: [DONE]") for r in replies)
+    served = served_by(front_door, before)
+    # leastconn sent some to host-a first (each logged its 503 there); host-b answered all eight.
+    assert served["host-a"] > 0 and served["host-b"] == 8, served
+    assert front_door.status()["host-a"] == "UP"
+
+
 def test_a_failed_host_is_out_within_10_s_and_no_request_fails(front_door: FrontDoor) -> None:
     """host-a's backend stops answering (its process stopped): requests that find its port closed are sent to
     host-b (they never reached a host), and the health checks take host-a out."""

@@ -65,10 +65,8 @@ def test_prometheus_and_alertmanager_run_as_the_monitoring_project(host: Host) -
 def test_every_target_of_the_inventory_is_up(host: Host) -> None:
     targets = get(host, f"{PROMETHEUS}/api/v1/targets?state=active")["data"]["activeTargets"]
     seen = {(t["labels"]["job"], t["labels"]["host"]): t for t in targets}
-    # The front door's HAProxy too (job front_door: the host is also the lab's front door).
     assert set(seen) == {("llm_engine", "molecule-bookworm"), ("llm_backend", "molecule-bookworm"),
-                         ("node", "molecule-bookworm"), ("dcgm", "molecule-bookworm"),
-                         ("front_door", "molecule-bookworm")}
+                         ("node", "molecule-bookworm"), ("dcgm", "molecule-bookworm")}
     for key, target in seen.items():
         assert target["health"] == "up", (key, target["lastError"])
     # The engine (llama.cpp) has a key: its /metrics was scraped with it.

@@ -1,9 +1,11 @@
-"""A rollout on three converged lab hosts (playbooks/rollout.yml, batches 1, 25 %, 100 %; failure budget 0 %).
+"""Rollouts on three converged lab hosts (playbooks/rollout.yml; failure budget 0 %).
 
-Rollout 1 gives every host a new release, and on fleet-2 one whose engine cannot start (a model file that does not
-exist): fleet-1 must end on the new release, fleet-2 back on its old one and serving, fleet-3 untouched, the run
-failed, the drain hook called around each switch, and the table and the failed host's engine log in the rollout
-report. Rollout 2 (a good release) must then succeed everywhere. The rollouts run for real against the hosts; nothing
+Rollout 1 (batches 1, 25 %, 100 %) gives every host a new release, and on fleet-2 one whose engine cannot start (a
+model file that does not exist): fleet-1 must end on the new release, fleet-2 back on its old one and serving,
+fleet-3 untouched, the run failed, the drain hook called around each switch, and the table and the failed host's
+engine log in the rollout report. Rollout 2 (a good release; batches 1, then 2) must then succeed everywhere, each
+switched host drained on the front door (its default drain, HAProxy's runtime API on fleet-1) while a client load
+runs through the front door over HTTPS, with no failed request. The rollouts run for real against the hosts; nothing
 here is simulated."""
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from fleet_client import Load, on, states
 
 ROOT = Path(__file__).resolve().parents[3]
 SCENARIO = Path(__file__).resolve().parents[1]
@@ -21,12 +24,6 @@ HOSTS = ["fleet-1", "fleet-2", "fleet-3"]
 ENGINE = "$(docker compose --project-directory /opt/llm-stack ps -q engine)"
 KEY = "molecule-fleet-fixture-key"
 REPORTS = Path(os.environ["LLM_REPORT_DIR"])
-
-
-def on(host: str, command: str) -> str:
-    done = subprocess.run(["docker", "exec", host, "bash", "-c", command], capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, f"{host}: {command}: {done.stderr}"
-    return done.stdout.strip()
 
 
 def current(host: str) -> str:
@@ -114,8 +111,9 @@ def test_every_lock_is_released(first: dict) -> None:
         assert on(host, "test -e /var/lib/llm-endpoints/run.lock && echo held || echo free") == "free"
 
 
-def test_a_good_release_then_rolls_out_everywhere(first: dict, tmp_path: Path) -> None:
-    run = rollout("good", "rollout-good.yml", tmp_path / "hooks.log")
+def test_a_good_release_then_rolls_out_everywhere_under_load_through_the_front_door(first: dict) -> None:
+    with Load(clients=2, pause_s=0.5) as load:
+        run = rollout("good", "rollout-good.yml", REPORTS / "no-hooks.log")
     assert run.returncode == 0, run.stdout[-5000:]
     rows = {row["host"]: row for row in json.loads((REPORTS / "rollout-good" / "rollout.json").read_text())["hosts"]}
     assert all(row["gate"] == "pass" and row["serving"] for row in rows.values()), rows
@@ -128,8 +126,14 @@ def test_a_good_release_then_rolls_out_everywhere(first: dict, tmp_path: Path) -
         assert serves(host)
         # The release it left is the known-good previous one.
         assert on(host, "basename $(readlink /opt/llm-stack/previous)") == first["before"][host]
-    assert (tmp_path / "hooks.log").read_text().splitlines() == [
-        "drain fleet-2", "undrain fleet-2", "drain fleet-3", "undrain fleet-3"]
+    # Drained on the front door around its switch (the rollout's default drain: no hooks here), back UP after.
+    drained = sorted(host for host, seen in load.seen.items() if "DRAIN" in seen)
+    print(f"good rollout under load through the front door: {len(load.results)} requests, {len(load.failed)} failed;"
+          f" drained on the way: {drained}")
+    assert load.failed == [], [r.detail for r in load.failed]
+    assert len(load.results) >= 20
+    assert drained == ["fleet-2", "fleet-3"], load.seen
+    assert states() == dict.fromkeys(HOSTS, "UP")
 
 
 def test_a_run_killed_mid_deploy_leaves_its_lock_and_the_next_run_converges(first: dict) -> None:

@@ -1,0 +1,137 @@
+"""The fleet as a client sees it: its front door on fleet-1 over HTTPS (the lab CA's certificate names fleet-1), a
+bounded client load through it, and HAProxy's view of each host (its runtime API, asked on fleet-1)."""
+from __future__ import annotations
+
+import csv
+import os
+import ssl
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[3]
+CA = Path(os.environ.get("LLM_CACHE_DIR") or ROOT / ".cache") / "lab/tls/ca.pem"
+# The scenario's network (molecule.yml): fixed addresses, fleet-1 also the front door and the limits store.
+ADDRESS = {"fleet-1": "172.30.77.11", "fleet-2": "172.30.77.12", "fleet-3": "172.30.77.13"}
+DOOR = f"https://{ADDRESS['fleet-1']}"
+MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+CLIENT_KEY = "molecule-fleet-client-key-0123456789"
+LIMITED_KEY = "molecule-fleet-limited-key-0123456789"
+# HAProxy's runtime API on fleet-1 (the socket is root's): each API server's status and total sessions.
+SHOW_STAT = """
+import csv, socket
+s = socket.socket(socket.AF_UNIX)
+s.connect('/var/lib/llm-front-door/admin.sock')
+s.sendall(b'show stat\\n')
+data = b''
+while chunk := s.recv(65536):
+    data += chunk
+print(data.decode().lstrip('# '))
+"""
+
+
+def on(host: str, command: str, timeout: float = 120) -> str:
+    done = subprocess.run(["docker", "exec", host, "bash", "-c", command], capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, f"{host}: {command}: {done.stderr}"
+    return done.stdout.strip()
+
+
+def servers() -> dict[str, dict[str, str]]:
+    """Each server of the front door's API backend: its HAProxy status (UP, DOWN, DRAIN, ...) and counters."""
+    out = subprocess.run(["docker", "exec", "fleet-1", "python3", "-c", SHOW_STAT], capture_output=True, text=True,
+                         timeout=30, check=True).stdout
+    return {row["svname"]: row for row in csv.DictReader(out.splitlines())
+            if row["pxname"] == "api" and row["svname"] not in ("FRONTEND", "BACKEND")}
+
+
+def states() -> dict[str, str]:
+    return {name: row["status"] for name, row in servers().items()}
+
+
+def wait_all_up(timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while (seen := states()) != dict.fromkeys(ADDRESS, "UP"):
+        assert time.monotonic() < deadline, seen
+        time.sleep(1)
+
+
+def door_client(timeout_s: float = 120) -> httpx.Client:
+    """HTTPS to the front door's address, checked against the lab CA for the name fleet-1 (sni_hostname)."""
+    return httpx.Client(base_url=DOOR, verify=ssl.create_default_context(cafile=str(CA)), timeout=timeout_s,
+                        headers={"Host": "fleet-1"})
+
+
+def door_request(client: httpx.Client, method: str, path: str, **kwargs: object) -> httpx.Response:
+    return client.request(method, path, extensions={"sni_hostname": "fleet-1"}, **kwargs)
+
+
+@dataclass
+class Result:
+    started: float
+    ended: float
+    ok: bool
+    detail: str
+
+
+@dataclass
+class Load:
+    """`clients` threads, each sending streamed chat completions through the front door one after another (a short
+    pause between them: a bounded load on 2 shared cores) until stopped; a request passes when it gets 200 and its
+    stream ends with [DONE] after at least one token. A poller beside them records what HAProxy says of each host."""
+    clients: int = 2
+    max_tokens: int = 8
+    pause_s: float = 0.2
+    results: list[Result] = field(default_factory=list)
+    seen: dict[str, set[str]] = field(default_factory=dict)
+    stop: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def one(self, client: httpx.Client) -> Result:
+        body = {"model": MODEL, "stream": True, "max_tokens": self.max_tokens,
+                "messages": [{"role": "user", "content": "안녕하세요! 한 문장으로 자기소개를 해 주세요."}]}
+        started = time.monotonic()
+        try:
+            with client.stream("POST", "/v1/chat/completions", json=body,
+                               headers={"Authorization": f"Bearer {CLIENT_KEY}"},
+                               extensions={"sni_hostname": "fleet-1"}) as response:
+                events = [line[5:].strip() for line in response.iter_lines() if line.startswith("data:")]
+            ok = response.status_code == 200 and len(events) >= 2 and events[-1] == "[DONE]" \
+                and not any('"error"' in event for event in events)
+            detail = f"{response.status_code} {events[-1][:200] if events else ''}"
+        except httpx.HTTPError as exc:
+            ok, detail = False, f"{type(exc).__name__}: {exc}"
+        return Result(started, time.monotonic(), ok, detail)
+
+    def client_loop(self) -> None:
+        with door_client() as client:
+            while not self.stop.is_set():
+                self.results.append(self.one(client))
+                self.stop.wait(self.pause_s)
+
+    def poll_loop(self) -> None:
+        while not self.stop.is_set():
+            for name, state in states().items():
+                self.seen.setdefault(name, set()).add(state)
+            self.stop.wait(1)
+
+    def __enter__(self) -> Load:
+        self.threads = [threading.Thread(target=self.client_loop) for _ in range(self.clients)]
+        self.threads.append(threading.Thread(target=self.poll_loop))
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(180)
+
+    @property
+    def failed(self) -> list[Result]:
+        return [r for r in self.results if not r.ok]
+
