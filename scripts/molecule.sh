@@ -17,8 +17,9 @@ molecule=${MOLECULE:-$(command -v molecule || echo .venv/bin/molecule)}
 run_scenario() {
   local name=$1 start=${SECONDS} rc=0 line
   printf -- '--- molecule test -s %s: started at %s ---\n' "${name}" "$(date +%H:%M:%S)"
-  # Molecule's own lines (each step's start and end) get the time of day: where a scenario's minutes went.
-  "${molecule}" test -s "${name}" 2>&1 | perl -MPOSIX -pe '$_ = strftime("%H:%M:%S ", localtime) . $_ if /^INFO/' \
+  # Molecule's own lines (each step's start and end, coloured) get the time of day: where a scenario's minutes went.
+  "${molecule}" test -s "${name}" 2>&1 \
+    | perl -MPOSIX -pe '$_ = strftime("%H:%M:%S ", localtime) . $_ if /^(?:\e\[[0-9;]*m)*INFO/' \
     >"${state}/molecule-${name}.log" || rc=$?
   line=$(printf 'molecule %-13s %3d min %02d s, %s' "${name}" $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60)) \
     "$([ "${rc}" = 0 ] && echo passed || echo FAILED)")
