@@ -149,6 +149,9 @@ def test_closing_the_stream_closes_the_connection() -> None:
                         break
                 except TimeoutError:
                     continue
+                except OSError:
+                    # Reset, not a clean close: the client closed with events of ours unread (CI hit it once).
+                    break
             closed.set()
 
     thread = threading.Thread(target=serve_slowly, daemon=True)
