@@ -62,6 +62,57 @@ options:
 author: llm-endpoints project
 """
 
+EXAMPLES = r"""
+- name: The engine and the backend in front of it pass the functional checks
+  llm_endpoints.core.llm_smoke:
+    base_url: http://127.0.0.1:8000
+    model: openai/gpt-oss-20b
+    api_key: "{{ vault_llm_engine_api_key }}"
+    max_tokens: 512
+    prompt_checks:
+      - {name: korean, prompt: "한국의 수도는 어디입니까?", pattern: "서울|Seoul", meaning: names Seoul}
+    timeout_s: 120
+    backend_url: http://127.0.0.1:8080
+    backend_key: "{{ smoke_key }}"
+    backend_limit_key: "{{ smoke_ratelimit_key }}"
+    backend_metrics_token: "{{ vault_llm_engine_api_key }}"
+  register: smoke
+
+- name: A failed check fails the host, naming it
+  ansible.builtin.assert:
+    that: smoke.passed
+    fail_msg: "{{ smoke.checks | rejectattr('passed') | map(attribute='name') | join(', ') }} failed"
+"""
+
+RETURN = r"""
+checks:
+  description: One entry per check, in the order run; C(sent) and C(received) never hold a key.
+  type: list
+  elements: dict
+  returned: always
+  contains:
+    name: {description: "The check (health, models, chat, stream, a prompt check's name, auth:..., backend:...,
+      frontend:...)", type: str}
+    passed: {description: Whether it passed, type: bool}
+    sent: {description: What was sent (method, path, body; keys redacted), type: str}
+    received: {description: What came back (status and body, at most 400 characters), type: str}
+    detail: {description: What was expected, type: str}
+  sample: [{"name": "health", "passed": true, "sent": "GET /health", "received": "HTTP 200 {\"status\":\"ok\"}",
+            "detail": "expected HTTP 200"}]
+passed:
+  description: Whether every check passed (true in check mode, where nothing is sent).
+  type: bool
+  returned: always
+model_meta:
+  description: The C(meta) object the engine lists for the served model in /v1/models (llama.cpp's); empty otherwise.
+  type: dict
+  returned: when the checks ran (not in check mode)
+skipped:
+  description: True in check mode (no request sent).
+  type: bool
+  returned: in check mode
+"""
+
 RECEIVED_LIMIT = 400
 
 

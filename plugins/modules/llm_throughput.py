@@ -49,6 +49,68 @@ options:
 author: llm-endpoints project
 """
 
+EXAMPLES = r"""
+- name: The endpoint's throughput is measured at concurrency 1, 4 and 16
+  llm_endpoints.core.llm_throughput:
+    base_url: http://127.0.0.1:8000
+    model: openai/gpt-oss-20b
+    api_key: "{{ vault_llm_engine_api_key }}"
+    concurrency: [1, 4, 16]
+    requests_per_level: 32
+    warmup_requests: 2
+    max_tokens: 256
+    ignore_eos: true
+    seed: 0
+    prompts: []
+    time_limit_s: 300
+  register: bench
+
+- name: The single-stream decode rate is shown
+  ansible.builtin.debug:
+    msg: "{{ (bench.levels | selectattr('max_concurrency', 'equalto', 1) | first).decode_tokens_per_s }} tokens/s"
+"""
+
+RETURN = r"""
+levels:
+  description: >-
+    One entry per concurrency level, in the order given, with the metrics C(vllm bench serve) reports under its
+    names; each C(ttft), C(tpot), C(itl) and C(e2el) has C(mean_<name>_ms), C(median_<name>_ms) and
+    C(p99_<name>_ms). Empty in check mode.
+  type: list
+  elements: dict
+  returned: always
+  contains:
+    max_concurrency: {description: The level (clients in the closed loop), type: int}
+    completed: {description: Requests that ended with a whole stream, type: int}
+    failed: {description: Requests that did not, type: int}
+    errors: {description: Up to 5 distinct error messages of the failed ones, type: list, elements: str}
+    duration: {description: Seconds the level took, type: float}
+    total_input_tokens: {description: Prompt tokens of the completed requests (the server's usage), type: int}
+    total_output_tokens: {description: Output tokens of the completed requests (the server's usage), type: int}
+    request_throughput: {description: Completed requests per second, type: float}
+    output_throughput: {description: Output tokens per second, all clients together, type: float}
+    total_token_throughput: {description: Prompt and output tokens per second, type: float}
+    decode_tokens_per_s: {description: 1000 / mean TPOT - one stream's decode rate, type: float}
+  sample: [{"max_concurrency": 1, "completed": 6, "failed": 0, "errors": [], "duration": 5.2,
+            "total_input_tokens": 180, "total_output_tokens": 288, "request_throughput": 1.15,
+            "output_throughput": 55.4, "total_token_throughput": 90.0, "mean_ttft_ms": 31.0,
+            "median_ttft_ms": 30.2, "p99_ttft_ms": 40.1, "mean_tpot_ms": 17.5, "median_tpot_ms": 17.4,
+            "p99_tpot_ms": 19.0, "mean_itl_ms": 17.5, "median_itl_ms": 17.3, "p99_itl_ms": 22.0,
+            "mean_e2el_ms": 853.0, "median_e2el_ms": 850.0, "p99_e2el_ms": 900.0, "decode_tokens_per_s": 57.1}]
+prompts:
+  description: Prompts in the set used (the module's own eight when C(prompts) is empty).
+  type: int
+  returned: when the benchmark ran (not in check mode)
+max_tokens:
+  description: Output tokens asked for per request.
+  type: int
+  returned: when the benchmark ran (not in check mode)
+seed:
+  description: The seed that ordered the prompt set.
+  type: int
+  returned: when the benchmark ran (not in check mode)
+"""
+
 DEFAULT_PROMPTS = [
     "Explain in a few sentences how a transformer language model generates text.",
     "Write a short story about a lighthouse keeper who finds a message in a bottle.",

@@ -25,6 +25,16 @@ options:
 author: llm-endpoints project
 """
 
+EXAMPLES = r"""
+- name: NVIDIA GPUs on the PCI bus are listed (no driver needed)
+  llm_endpoints.core.nvidia_pci_devices:
+  register: pci
+
+- name: The host's mode follows
+  ansible.builtin.set_fact:
+    gpu_mode: "{{ 'nvidia' if pci.gpus | length > 0 else 'cpu' }}"
+"""
+
 RETURN = r"""
 gpus:
   description: One entry per NVIDIA display controller, sorted by PCI address.
