@@ -73,7 +73,6 @@ def door_request(client: httpx.Client, method: str, path: str, **kwargs: object)
 @dataclass
 class Result:
     started: float
-    ended: float
     ok: bool
     detail: str
 
@@ -105,7 +104,7 @@ class Load:
             detail = f"{response.status_code} {events[-1][:200] if events else ''}"
         except httpx.HTTPError as exc:
             ok, detail = False, f"{type(exc).__name__}: {exc}"
-        return Result(started, time.monotonic(), ok, detail)
+        return Result(started, ok, detail)
 
     def client_loop(self) -> None:
         with door_client() as client:
