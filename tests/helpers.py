@@ -6,6 +6,7 @@ import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -17,3 +18,17 @@ def load_path(name: str, relative: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def trusted(value: Any) -> Any:
+    """Role variables as Ansible's templar takes them from a role's files (trusted templates), for rendering one
+    outside a play."""
+    from ansible.template import trust_as_template  # noqa: PLC0415 (only the tests that render need Ansible)
+
+    if isinstance(value, str):
+        return trust_as_template(value)
+    if isinstance(value, list):
+        return [trusted(v) for v in value]
+    if isinstance(value, dict):
+        return {k: trusted(v) for k, v in value.items()}
+    return value

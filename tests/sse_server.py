@@ -6,9 +6,10 @@ Each streamed request waits `ttft_s`, then sends `chunks` chunks `gap_s` apart, 
 
 Optional, for the chat UI's tests: `reasoning_chunks` chunks of reasoning first (split from `reasoning_text`, in
 `delta.<reasoning_field>` as gpt-oss on vLLM sends it), and `content_text` split over the `chunks` content chunks
-instead of " tok" (sent as raw UTF-8, unescaped). GET /v1/models lists `model_id`; GET /health answers 200;
-`record_requests` keeps the request bodies. `server.streams` records how each stream ended (`StreamLog`: whether
-the peer closed the connection before the end, and when), for the gateway's client-disconnect test.
+instead of " tok" (sent as raw UTF-8, unescaped). GET /v1/models lists `model_id`; GET /health answers
+`health_status` (200); `record_requests` keeps the request bodies. `server.streams` records how each stream ended
+(`StreamLog`: whether the peer closed the connection before the end, and when), for the gateway's client-disconnect
+test.
 """
 from __future__ import annotations
 
@@ -29,6 +30,8 @@ class Script:
     send_usage: bool = True
     send_done: bool = True
     status: int = 200
+    # What GET /health answers (an engine that is still loading answers 503).
+    health_status: int = 200
     # Write the whole stream at once, as fast as the socket takes it (capacity benchmark).
     burst: bool = False
     # Keep the connection open after a stream, as vLLM and llama.cpp do (the gateway benchmark's upstream).
@@ -82,7 +85,7 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.send_error(404)
             return
-        self.send_response(200)
+        self.send_response(self.script.health_status if self.path.split("?")[0] == "/health" else 200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))
         self.end_headers()

@@ -272,8 +272,10 @@ def findings(raw: dict[str, Any]) -> dict[str, Any]:
     if pci or expect.get("gpu"):
         runtimes = raw.get("docker_runtimes")
         if not _run_ok(runtimes):
-            found.append(_finding("container_gpu", FAIL, f"docker info failed ({_why(runtimes)}): "
-                                                         "no container engine to run the GPU engine"))
+            needed = expect.get("container", True)
+            found.append(_finding("container_gpu", FAIL if needed else WARN,
+                                  f"docker info failed ({_why(runtimes)}): no container engine to run the GPU engine"
+                                  + ("" if needed else " (not needed: the engine runs outside containers)")))
         else:
             names = sorted((json.loads(runtimes["stdout"] or "{}") or {}).keys())
             cdi = bool(raw.get("cdi_spec"))

@@ -295,6 +295,67 @@ def test_a_host_whose_engine_fails_answers_503_and_the_request_is_served_by_the_
     assert front_door.status()["host-a"] == "UP"
 
 
+def driver_reboot(door: FrontDoor, work: Path, serving: bool, at_reboot: Callable[[], None]) -> tuple[object, dict]:
+    """nvidia_driver's reboot of host-a (tests/playbooks/driver_reboot.yml; the reboot SIMULATED): at_reboot runs
+    while the host "reboots" (the simulated reboot waits for its marker to go); returns the run and what the front
+    door said of host-a at that moment."""
+    stack = work / "llm-stack"
+    (stack / "releases" / "r1").mkdir(parents=True)
+    if serving:
+        (stack / "current").symlink_to("releases/r1")
+    marker = work / "rebooting"
+    port = int(door.backends["host-a"].url.rsplit(":", 1)[1])
+    done: dict = {}
+    thread = threading.Thread(target=lambda: done.setdefault("run", run_playbook(
+        work / "run", "driver_reboot.yml",
+        {"reboot_test_host": "host-a", "reboot_test_socket": str(door.socket), "reboot_test_backend_port": port,
+         "reboot_test_metrics_token": METRICS_TOKEN, "reboot_test_stack_dir": str(stack),
+         "reboot_test_marker": str(marker), "llm_rollout_drain_timeout_s": 30})))
+    thread.start()
+    try:
+        poll(lambda: marker.exists() or not thread.is_alive(), 60, "the simulated reboot")
+        seen = door.status()
+        at_reboot()
+    finally:
+        marker.unlink(missing_ok=True)
+        thread.join(120)
+    return done["run"], seen
+
+
+def test_a_driver_reboot_drains_a_serving_host_and_the_health_checks_put_it_back(front_door: FrontDoor,
+                                                                                tmp_path: Path) -> None:
+    """The driver play's reboot of a host that serves (a current release): drained on the front door before the
+    reboot; put back after it without waiting for it to answer (an engine loading its model after a reboot may take
+    minutes), and in rotation again once its health check passes, with no further run. The reboot is SIMULATED; the
+    drain and the undrain are the rollout's, for real. A host being provisioned (no release) reboots undrained."""
+    engine = front_door.engines["host-a"].RequestHandlerClass.script
+
+    def engine_loading() -> None:
+        # As after a real reboot: the host's engine answers /health 503 until its model is loaded.
+        engine.health_status = 503
+        poll(lambda: front_door.status()["host-a"] == "DOWN", 15, "host-a DOWN on the front door")
+
+    try:
+        run, seen = driver_reboot(front_door, tmp_path / "serving", True, engine_loading)
+        assert run.rc == 0, run.output[-3000:]
+        assert seen["host-a"] == "DRAIN" and seen["host-b"] == "UP", seen
+        # Put back though still DOWN: the undrain did not wait for it, and HAProxy's admin state is cleared.
+        assert front_door.status()["host-a"] == "DOWN"
+        # `show servers state`: be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state ...
+        admin = [row.split()[6] for row in front_door.admin("show servers state api").splitlines()
+                 if not row.startswith("#") and len(row.split()) > 6 and row.split()[3] == "host-a"]
+        assert admin == ["0"], admin
+        assert METRICS_TOKEN not in run.output
+    finally:
+        engine.health_status = 200
+    poll(lambda: front_door.status()["host-a"] == "UP", 15, "host-a UP again once its engine answers")
+    run, seen = driver_reboot(front_door, tmp_path / "first-provision", False, lambda: None)
+    assert run.rc == 0, run.output[-3000:]
+    assert seen == {"host-a": "UP", "host-b": "UP"}
+    # The drain's own tasks never ran (its include was skipped).
+    assert "every front door are set (drain)" not in run.output and "in-flight gauge" not in run.output
+
+
 def test_a_failed_host_is_out_within_10_s_and_no_request_fails(front_door: FrontDoor) -> None:
     """host-a's backend stops answering (its process stopped): requests that find its port closed are sent to
     host-b (they never reached a host), and the health checks take host-a out."""

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 import yaml
 from ansible.parsing.dataloader import DataLoader
-from ansible.template import Templar, trust_as_template
+from ansible.template import Templar
 from ansible_collections.llm_endpoints.core.plugins.filter import nvidia_decisions
 from ansible_collections.llm_endpoints.core.plugins.filter.llm_os import os_vars_files
-from helpers import ROOT
+from helpers import ROOT, trusted
 
 FEDORA_42 = {"distribution": "Fedora", "distribution_major_version": "42", "distribution_version": "42",
              "distribution_release": "", "os_family": "RedHat", "architecture": "x86_64",
@@ -29,16 +29,6 @@ UBUNTU_2404 = {"distribution": "Ubuntu", "distribution_major_version": "24", "di
                "distribution_release": "noble", "os_family": "Debian", "architecture": "x86_64",
                "kernel": "6.8.0-60-generic"}
 VENDOR_REPO = "llm_endpoints.core.vendor_repo"
-
-
-def trusted(value: Any) -> Any:
-    if isinstance(value, str):
-        return trust_as_template(value)
-    if isinstance(value, list):
-        return [trusted(v) for v in value]
-    if isinstance(value, dict):
-        return {k: trusted(v) for k, v in value.items()}
-    return value
 
 
 def load(role: str, rel: str) -> dict[str, Any]:
