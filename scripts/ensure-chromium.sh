@@ -25,8 +25,9 @@ quietly() {
 # Refresh the package lists only when apt does not know the packages yet (a fresh machine or container).
 if ! apt-cache show "${missing[@]}" >/dev/null 2>&1; then
   log "updating the package lists"
-  quietly apt-get -q update
+  quietly apt-get -q -o DPkg::Lock::Timeout=300 update
 fi
 log "installing ${missing[*]}"
-quietly apt-get -q install -y --no-install-recommends "${missing[@]}"
+# Waits for dpkg's lock rather than failing: `make test` runs this beside the lane that installs Docker.
+quietly apt-get -q -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "${missing[@]}"
 [ -x /usr/bin/chromium ]

@@ -1,5 +1,6 @@
 """The fleet as a client sees it: its front door on fleet-1 over HTTPS (the lab CA's certificate names fleet-1), a
-bounded client load through it, and HAProxy's view of each host (its runtime API, asked on fleet-1)."""
+bounded client load through it, and HAProxy's view of each host (its own metrics, and its runtime API asked on
+fleet-1)."""
 from __future__ import annotations
 
 import csv
@@ -12,12 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[3]
 CA = Path(os.environ.get("LLM_CACHE_DIR") or ROOT / ".cache") / "lab/tls/ca.pem"
 # The scenario's network (molecule.yml): fixed addresses, fleet-1 also the front door and the limits store.
 ADDRESS = {"fleet-1": "172.30.77.11", "fleet-2": "172.30.77.12", "fleet-3": "172.30.77.13"}
 DOOR = f"https://{ADDRESS['fleet-1']}"
+# HAProxy's own metrics (role front_door's metrics frontend: fleet-1's internal address, front_door_metrics_port).
+METRICS = f"http://{ADDRESS['fleet-1']}:8405/metrics"
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 CLIENT_KEY = "molecule-fleet-client-key-0123456789"
 LIMITED_KEY = "molecule-fleet-limited-key-0123456789"
@@ -42,7 +46,8 @@ def on(host: str, command: str, timeout: float = 120) -> str:
 
 
 def servers() -> dict[str, dict[str, str]]:
-    """Each server of the front door's API backend: its HAProxy status (UP, DOWN, DRAIN, ...) and counters."""
+    """Each server of the front door's API backend: its HAProxy status (UP, DOWN, DRAIN, ...) and counters, from the
+    runtime API (`show stat`)."""
     out = subprocess.run(["docker", "exec", "fleet-1", "python3", "-c", SHOW_STAT], capture_output=True, text=True,
                          timeout=30, check=True).stdout
     return {row["svname"]: row for row in csv.DictReader(out.splitlines())
@@ -50,7 +55,12 @@ def servers() -> dict[str, dict[str, str]]:
 
 
 def states() -> dict[str, str]:
-    return {name: row["status"] for name, row in servers().items()}
+    """Each API server's state (UP, DOWN, DRAIN, MAINT, ...) from HAProxy's own metrics on fleet-1's internal
+    address: an HTTP request, not a `docker exec` (the load's poller asks every second, on 2 shared cores)."""
+    text = httpx.get(METRICS, timeout=10).raise_for_status().text
+    return {sample.labels["server"]: sample.labels["state"]
+            for family in text_string_to_metric_families(text) if family.name == "haproxy_server_status"
+            for sample in family.samples if sample.labels.get("proxy") == "api" and sample.value == 1}
 
 
 def wait_all_up(timeout_s: float = 120) -> None:
