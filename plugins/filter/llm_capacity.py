@@ -184,6 +184,15 @@ def max_concurrency(plan: dict, max_model_len: int, max_num_batched_tokens: int 
     return plan["kv_cache_blocks"] / per_request
 
 
+def kv_cache_groups(models: dict[str, Any]) -> dict[str, int]:
+    """{model id: the KV cache groups vLLM 0.11 makes of its layers} for the models of llm_stack's table that have a
+    geometry: the block pool vLLM reports (num_gpu_blocks) is shared by the groups, so the tokens it holds are
+    blocks // groups x block size (gpt-oss-20b: 2 groups, full and sliding-window layers)."""
+    return {name: _groups(_layout(info["geometry"]))[1] for name, info in (models or {}).items()
+            if isinstance(info, dict) and info.get("geometry")}
+
+
 class FilterModule:
     def filters(self) -> dict:
-        return {"llm_kv_cache_plan": kv_cache_plan, "llm_max_concurrency": max_concurrency}
+        return {"llm_kv_cache_plan": kv_cache_plan, "llm_max_concurrency": max_concurrency,
+                "llm_kv_cache_groups": kv_cache_groups}

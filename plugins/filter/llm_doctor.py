@@ -122,9 +122,15 @@ def _engine_findings(raw: dict[str, Any], expect: dict[str, Any]) -> tuple[list[
         if info and info["labels"].get("num_gpu_blocks") not in (None, "", "None"):
             blocks = int(info["labels"]["num_gpu_blocks"])
             block_size = int(info["labels"].get("block_size") or 16)
+            # The pool is shared by the model's KV cache groups (gpt-oss: full and sliding-window layers, 2): the
+            # tokens it holds are blocks // groups x block size, as vLLM logs them. The model as vLLM names it
+            # (/v1/models' root), else the served name; a model of unknown geometry counts as one group.
+            served = (((engine.get("models") or {}).get("json") or {}).get("data") or [{}])[0]
+            groups = (expect.get("kv_cache_groups") or {}).get(served.get("root") or served.get("id"))
             kv.update({"source": "vllm:cache_config_info", "blocks": blocks, "block_size": block_size,
-                       "tokens": blocks * block_size,
+                       "tokens": blocks // (groups or 1) * block_size,
                        "memory_utilization": float(info["labels"].get("gpu_memory_utilization") or 0) or None})
+            kv["groups"] = groups or "unknown (counted as 1)"
         usage = _sample(samples, "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc",
                         "llamacpp:kv_cache_usage_ratio")
         if usage:

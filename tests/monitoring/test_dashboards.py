@@ -96,6 +96,7 @@ def test_the_dashboards_show_what_the_issue_asks_for() -> None:
     text = json.dumps([load(n) for n in NAMES])
     for metric in ("vllm:generation_tokens_total", "llamacpp:tokens_predicted_total",
                    "vllm:time_to_first_token_seconds_bucket", "vllm:inter_token_latency_seconds_bucket",
+                   "vllm:inter_token_latency_seconds_sum", "vllm:inter_token_latency_seconds_count",
                    "vllm:kv_cache_usage_perc", "vllm:num_requests_running", "vllm:num_requests_waiting",
                    "llm:gpu_memory_used:ratio", "DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_GPU_TEMP",
                    "DCGM_FI_DEV_POWER_USAGE", "llm_backend_requests_total", "llm_backend_rate_limited_total"):
@@ -118,6 +119,32 @@ def test_every_expression_parses(tmp_path: Path) -> None:
         {"groups": [{"name": "bad", "rules": [{"record": "x:y", "expr": "sum by (host (up)"}]}]}))
     assert subprocess.run([str(PROMTOOL), "check", "rules", str(tmp_path / "bad.rules.yml")],
                           capture_output=True).returncode != 0
+
+
+def test_the_time_per_output_token_panel_resolves_a_decode_below_vllms_first_bucket(tmp_path: Path) -> None:
+    """vLLM's inter-token histogram starts at 10 ms; an RTX 5090 decodes gpt-oss-20b at about 7 ms a token. With every
+    token in the first bucket, the p50 says only "within 10 ms" (5 ms, interpolated); the panel's mean (_sum /
+    _count, promtool evaluating its own expression) says 7 ms."""
+    panel = next(p for p in panels(load("llm-host")) if p["title"] == "Time per output token")
+    exprs = {t["legendFormat"].split()[-1]: concrete(t["expr"]) for t in panel["targets"]}
+    labels = 'host="gpu-1", model_name="m"'
+    series = [{"series": f'vllm:inter_token_latency_seconds_bucket{{{labels}, le="{le}"}}', "values": "0+100x10"}
+              for le in ("0.01", "0.025", "+Inf")]
+    series += [{"series": f"vllm:inter_token_latency_seconds_count{{{labels}}}", "values": "0+100x10"},
+               {"series": f"vllm:inter_token_latency_seconds_sum{{{labels}}}", "values": "0+0.7x10"}]
+    # Rounded to 0.1 ms: promtool compares floats exactly.
+    (tmp_path / "panel.rules.yml").write_text(yaml.safe_dump({"groups": [{"name": "panel", "rules": [
+        {"record": f"panel:{name}", "expr": f"round(({expr}) * 10000) / 10000"} for name, expr in exprs.items()]}]}))
+    expected = {"mean": 0.007, "p50": 0.005}
+    (tmp_path / "panel.test.yml").write_text(yaml.safe_dump({
+        "rule_files": ["panel.rules.yml"], "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": [
+            {"expr": f"panel:{name}", "eval_time": "5m",
+             "exp_samples": [{"labels": f'panel:{name}{{host="gpu-1"}}', "value": value}]}
+            for name, value in expected.items()]}]}))
+    test = subprocess.run([str(PROMTOOL), "test", "rules", "panel.test.yml"], cwd=tmp_path, capture_output=True,
+                          text=True)
+    assert test.returncode == 0, test.stdout + test.stderr
 
 
 GRAFANA_PASSWORD = "grafana-admin-pass-0123456789"

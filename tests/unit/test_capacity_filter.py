@@ -155,4 +155,4 @@ def test_bytes_per_token() -> None:
 
 
 def test_filters_are_registered() -> None:
-    assert set(cap.FilterModule().filters()) == {"llm_kv_cache_plan", "llm_max_concurrency"}
+    assert set(cap.FilterModule().filters()) == {"llm_kv_cache_plan", "llm_max_concurrency", "llm_kv_cache_groups"}
