@@ -308,9 +308,9 @@ def driver_reboot(door: FrontDoor, work: Path, serving: bool, at_reboot: Callabl
     done: dict = {}
     thread = threading.Thread(target=lambda: done.setdefault("run", run_playbook(
         work / "run", "driver_reboot.yml",
-        {"reboot_test_host": "host-a", "reboot_test_socket": str(door.socket), "reboot_test_backend_port": port,
-         "reboot_test_metrics_token": METRICS_TOKEN, "reboot_test_stack_dir": str(stack),
-         "reboot_test_marker": str(marker), "llm_rollout_drain_timeout_s": 30})))
+        {"rollout_test_host": "host-a", "rollout_test_socket": str(door.socket), "rollout_test_backend_port": port,
+         "rollout_test_metrics_token": METRICS_TOKEN, "rollout_test_stack_dir": str(stack),
+         "rollout_test_marker": str(marker), "llm_rollout_drain_timeout_s": 30})))
     thread.start()
     try:
         poll(lambda: marker.exists() or not thread.is_alive(), 60, "the simulated reboot")
