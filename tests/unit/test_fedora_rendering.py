@@ -158,6 +158,30 @@ def test_rpmfusion_installs_the_akmod_branch_and_locks_it(driver: dict[str, Any]
         == "lock.yml"
 
 
+@pytest.mark.parametrize(("branch", "offered", "passes"), [
+    ("580", "3:580.95.05\n", True),
+    # RPM Fusion keeps only its newest akmod-nvidia: 570 is gone from it, unless the host has it installed.
+    ("570", "3:580.95.05\n", False),
+    ("570", "3:570.195.03\n3:580.95.05\n", True),
+    ("57", "3:570.195.03\n", False),  # a branch is matched whole, not as a prefix of another
+    ("580", "", False),
+])
+def test_rpmfusion_refuses_a_branch_it_does_not_have_before_any_change(driver: dict[str, Any], branch: str,
+                                                                        offered: str, passes: bool) -> None:
+    tasks = yaml.safe_load((ROOT / "roles/nvidia_driver/tasks/rpmfusion.yml").read_text())
+    names = [t["name"] for t in tasks]
+    check = find_task("nvidia_driver", "rpmfusion.yml", "RPM Fusion has the branch asked for")
+    # Right after the release packages (which define its repositories) and the read, before anything else.
+    assert names.index(check["name"]) == 2 and names[1].startswith("The akmod-nvidia versions RPM Fusion offers")
+    variables = {**driver, "nvidia_driver_branch": branch,
+                 "__nvidia_driver_rpmfusion_offered": {"stdout_lines": offered.splitlines()}}
+    variables.update(render(check["vars"], variables))
+    assert render("{{ " + check["ansible.builtin.assert"]["that"] + " }}", variables) is passes
+    message = render(check["ansible.builtin.assert"]["fail_msg"], variables)
+    assert message.startswith(f"nvidia_driver_branch {branch} is not available from RPM Fusion")
+    assert f"(offered or installed: {', '.join(offered.split()) or 'none'});" in message
+
+
 def test_container_toolkit_repository_and_packages() -> None:
     ctk = role_vars("nvidia_container_toolkit")
     call = vendor_repo_call("nvidia_container_toolkit", "main.yml", "Toolkit packages are installed", ctk)

@@ -92,6 +92,10 @@ def test_the_text_files_and_the_simulated_gpu_are_scraped(host: Host) -> None:
     gpu = query(host, "DCGM_FI_DEV_FB_USED")
     assert gpu and gpu[0]["metric"]["modelName"] == "NVIDIA GeForce RTX 5090"
     assert gpu[0]["metric"]["Hostname"] == "molecule-bookworm"
+    # The exporter collects the role's counters list (a compose config in the release, DCGM_EXPORTER_COLLECTORS):
+    # the power limit GPUPowerHigh compares with is there, 575 W as the simulated RTX 5090 reports it.
+    limit = query(host, "DCGM_FI_DEV_ENFORCED_POWER_LIMIT")
+    assert [r["value"][1] for r in limit] == ["575"], limit
     assert query(host, "llm:gpu_memory_used:ratio")
 
 
