@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""Speed at scale: an idempotent site.yml converge on 1 converged lab host and on N (default 8), in the same run.
+"""Speed at scale: an idempotent site.yml converge on 1 converged lab host and on N (default 8), in the same run;
+with --sizes, on each of several fleet sizes (1,4,8: the control node's CPU seconds per host at each).
 
 Lab hosts are systemd containers with their own Docker engine (playbooks/lab_host.yml), named bench-1..N, with no
 published ports. They are converged once (untimed, with the engine's first benchmark), then site.yml runs again:
 on bench-1 alone (--limit) and on all N, each `--repeat` times, alternating. Every timed run must report 0 changed
 and measure no throughput (the release is unchanged): the script checks both from the recap and the reports.
 Printed: wall seconds per run (median), the ratio N hosts / 1 host, the goals (1 host <= 20 s; N hosts <= 1.5 x 1
-host) met or not, and the ansible.cfg levers in effect. Figures, not a test: nothing fails on a missed goal.
+host) met or not, the control node's CPU seconds per host at each size (ansible-playbook, its workers and the
+`docker exec` or ssh clients they start; not the modules, which run in the hosts), and the ansible.cfg levers in
+effect. Figures, not a test: nothing fails on a missed goal.
 
 The hosts run the engine only (llama.cpp with the lab's small model; --apps adds the backend and chat UI, which
 costs an image build per host at the first converge). They are removed at the end unless --keep.
@@ -19,8 +22,8 @@ With --connection ssh the hosts are reached over SSH, as a fleet is (openssh-ser
 first, untimed), instead of by `docker exec`, the lab's way: each module then costs an SSH channel on a kept master
 connection instead of a new `docker exec`.
 
-    .venv/bin/python benchmarks/fleet_converge.py [--hosts 8] [--repeat 3] [--apps] [--keep] [--profile] [--mitogen]
-                                                  [--connection docker|ssh]
+    .venv/bin/python benchmarks/fleet_converge.py [--hosts 8] [--sizes 1,4,8] [--repeat 3] [--apps] [--keep]
+                                                  [--profile] [--mitogen] [--connection docker|ssh]
 """
 from __future__ import annotations
 
@@ -174,6 +177,9 @@ def levers() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hosts", type=int, default=8)
+    parser.add_argument("--sizes", default="",
+                        help="fleet sizes converged in turn, comma-separated (default: 1 and --hosts); "
+                             "the largest is the number of hosts made")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--apps", action="store_true", help="backend and chat UI too")
     parser.add_argument("--keep", action="store_true", help="leave the bench hosts running")
@@ -185,8 +191,12 @@ def main() -> None:
                         help="how Ansible reaches the lab hosts: docker exec (the lab's way) or SSH (a fleet's way; "
                              "installs openssh-server in each lab host)")
     args = parser.parse_args()
-    if not 2 <= args.hosts <= 32 or not 1 <= args.repeat <= 10:
-        sys.exit("--hosts must be 2-32 and --repeat 1-10")
+    sizes = sorted({int(v) for v in args.sizes.split(",") if v.strip().isdigit()} if args.sizes else {1, args.hosts})
+    if args.sizes and (not sizes or len(sizes) != len([v for v in args.sizes.split(",") if v.strip()])):
+        sys.exit("--sizes must be whole numbers separated by commas, e.g. 1,4,8")
+    args.hosts = max(sizes)
+    if not 2 <= args.hosts <= 32 or sizes[0] < 1 or not 1 <= args.repeat <= 10:
+        sys.exit("--hosts (or the largest of --sizes) must be 2-32, every size at least 1, and --repeat 1-10")
     names = [f"bench-{i}" for i in range(1, args.hosts + 1)]
     with tempfile.TemporaryDirectory(prefix="fleet-bench-") as tmp:
         workdir = Path(tmp)
@@ -202,11 +212,14 @@ def main() -> None:
             print(f"{args.hosts} new lab hosts created and converged in {time.monotonic() - start:.0f} s "
                   f"(site.yml {first:.0f} s, first benchmark included)")
             modes = [False, True] if args.mitogen else [False]
-            walls: dict[tuple[bool, str], list[float]] = {(m, label): [] for m in modes for label in ("one", "all")}
+            # "one" is 1 host, "all" every host made; sizes between are "<n>" (the first n hosts).
+            runs = [("one" if n == 1 else "all" if n == args.hosts else str(n),
+                     None if n == args.hosts else ",".join(names[:n]), n) for n in sizes]
+            walls: dict[tuple[bool, str], list[float]] = {(m, label): [] for m in modes for label, _, _ in runs}
             for i in range(args.repeat):
                 # Strategies take turns going first, so neither always runs on a machine the other just warmed.
                 for mitogen in modes if i % 2 == 0 else modes[::-1]:
-                    for label, limit in (("one", names[0]), ("all", None)):
+                    for label, limit, _ in runs:
                         run_id = f"{label}-{'mitogen-' if mitogen else ''}{i}"
                         wall, recap, _ = converge(hosts_file, reports, run_id, limit, mitogen=mitogen)
                         changed = {h: r["changed"] for h, r in recap.items() if r["changed"]}
@@ -218,6 +231,15 @@ def main() -> None:
                               f"{LOAD[run_id]['controller_s']:.0f} CPU s")
                         walls[(mitogen, label)].append(wall)
             for mitogen in modes:
+                tag = "mitogen-" if mitogen else ""
+                per_host = {label: statistics.median(LOAD[f"{label}-{tag}{run}"]["controller_s"]
+                                                     for run in range(args.repeat)) / n for label, _, n in runs}
+                print(f"\ncontrol node CPU per host, {'mitogen_linear' if mitogen else 'linear'}, median of "
+                      f"{args.repeat}: " + "; ".join(
+                          f"{n} host{'s' if n > 1 else ''} {per_host[label]:.1f} CPU s "
+                          f"({statistics.median(walls[(mitogen, label)]):.1f} s wall)" for label, _, n in runs))
+                if 1 not in sizes:
+                    continue
                 t1, tn = statistics.median(walls[(mitogen, "one")]), statistics.median(walls[(mitogen, "all")])
                 strategy = "mitogen_linear" if mitogen else "linear (ansible.cfg)"
                 print(f"\nidempotent converge, {strategy}, median of {args.repeat}: 1 host {t1:.1f} s; "

@@ -2,6 +2,7 @@
 """Functional checks of an OpenAI-compatible endpoint (standard library only; runs on the target)."""
 from __future__ import annotations
 
+import http.client
 import json
 import re
 from typing import Any
@@ -11,6 +12,7 @@ from ansible_collections.llm_endpoints.core.plugins.module_utils.openai_client i
     ENDPOINT_ARGS,
     OpenAIEndpoint,
     events,
+    read_lines,
     reply_text,
 )
 
@@ -19,8 +21,9 @@ module: llm_smoke
 short_description: Functional checks of an OpenAI-compatible LLM endpoint
 description:
   - Checks /health, /v1/models (lists the served name), a non-streamed and a streamed chat completion
-    (chunks, then [DONE]), prompt checks with a regular expression the reply must match, and, when an API key
-    is given, that a request without it gets 401 and one with it 200.
+    (chunks, then [DONE]), prompt checks with a regular expression the reply must match (streamed, and closed as
+    soon as it matches: the engine stops generating then), and, when an API key is given, that a request without
+    it gets 401 and one with it 200.
   - Never fails by itself, returns one result per check (name, passed, sent, received, detail) for the role to
     judge and report. The API key never appears in the results.
 options:
@@ -165,19 +168,44 @@ def check_stream(ep: OpenAIEndpoint, max_tokens: int) -> dict[str, Any]:
 
 
 def check_prompt(ep: OpenAIEndpoint, spec: dict, max_tokens: int) -> dict[str, Any]:
+    """Streamed, and closed as soon as the reply (its content, or a reasoning model's reasoning) matches: the engine
+    stops generating when the client goes (llama.cpp and vLLM both), so a check costs the tokens that prove it, not
+    max_tokens of an answer already judged."""
     name = f"prompt:{spec['name']}"
-    body = ep.chat_body(spec["prompt"], max_tokens)
-    status, payload = ep.call("/v1/chat/completions", body)
+    body = ep.chat_body(spec["prompt"], max_tokens, stream=True)
     sent = ep.describe("POST", "/v1/chat/completions", body)
-    if status != 200:
-        return result(name, False, sent, f"HTTP {status} {payload}", "expected HTTP 200")
+    expected = f"expected the reply to match /{spec['pattern']}/: {spec.get('meaning', '')}"
+    pattern = re.compile(spec["pattern"])
+    text = {"content": "", "reasoning": ""}
+    conn = ep.connect()
     try:
-        content, reasoning = reply_text(payload)
-    except (ValueError, KeyError, IndexError, TypeError):
-        return result(name, False, sent, payload, "reply is not a chat completion")
-    matched = re.search(spec["pattern"], content) or re.search(spec["pattern"], reasoning)
-    return result(name, bool(matched), sent, content or reasoning,
-                  f"expected the reply to match /{spec['pattern']}/: {spec.get('meaning', '')}")
+        resp = ep.open_stream(conn, body)
+        if resp.status != 200:
+            return result(name, False, sent, f"HTTP {resp.status} {resp.read().decode('utf-8', 'replace')}",
+                          "expected HTTP 200")
+        chunks = 0
+        for payload in events(read_lines(resp)):
+            if payload == b"[DONE]":
+                break
+            try:
+                choices = json.loads(payload)["choices"]
+                # A chunk without choices carries the usage alone (OpenAI's stream_options.include_usage).
+                delta = (choices[0].get("delta") or {}) if choices else {}
+                if not isinstance(delta, dict):
+                    raise TypeError("delta is not an object")
+            except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+                return result(name, False, sent, payload.decode("utf-8", "replace"), "reply is not a chat completion")
+            chunks += 1
+            text["content"] += delta.get("content") or ""
+            text["reasoning"] += delta.get("reasoning_content") or delta.get("reasoning") or ""
+            if pattern.search(text["content"]) or pattern.search(text["reasoning"]):
+                return result(name, True, sent, text["content"] or text["reasoning"],
+                              f"{expected} (matched after {chunks} chunks; the stream closed there)")
+    except (OSError, http.client.HTTPException) as err:
+        return result(name, False, sent, f"{type(err).__name__}: {err}", "expected HTTP 200 and a streamed reply")
+    finally:
+        conn.close()
+    return result(name, False, sent, text["content"] or text["reasoning"], expected)
 
 
 def check_auth(ep: OpenAIEndpoint) -> list[dict[str, Any]]:

@@ -126,3 +126,39 @@ def test_keys_never_appear_in_what_the_checks_report(serve: object) -> None:
               "backend_metrics_token": METRICS_TOKEN}
     text = json.dumps(llm_smoke.check_backend(params))
     assert not any(key in text for key in (GOOD_KEY, LIMIT_KEY, UI_KEY, METRICS_TOKEN))
+
+
+# ------------------------------------------------------------------------------------- prompt checks (streamed)
+@pytest.mark.parametrize(("field", "reasoning", "content", "pattern", "passed"), [
+    ("reasoning_content", "", "```python\ndef add(a, b):\n    return a + b\n```" + " and more" * 40, r"def \w+\(",
+     True),
+    # gpt-oss on vLLM thinks first: the pattern may be met in the reasoning (0.11's field, or newer vLLM's).
+    ("reasoning_content", "The user wants Seoul." * 3, "서울입니다.", "서울|Seoul", True),
+    ("reasoning", "Thinking about capitals.", "서울입니다.", "서울", True),
+    ("reasoning_content", "", "no code here at all" * 5, r"def \w+\(", False),
+])
+def test_a_prompt_check_stops_reading_once_the_reply_matches(field: str, reasoning: str, content: str, pattern: str,
+                                                              passed: bool) -> None:
+    from sse_server import Script, serve  # noqa: PLC0415 (tests/ is on the path for the helpers)
+
+    script = Script(ttft_s=0.0, gap_s=0.02, chunks=60, reasoning_chunks=6 if reasoning else 0, reasoning_text=reasoning,
+                    reasoning_field=field, content_text=content)
+    server, url = serve(script)
+    try:
+        ep = llm_smoke.OpenAIEndpoint(url, "scripted-model", timeout=10)
+        check = llm_smoke.check_prompt(ep, {"name": "p", "prompt": "x", "pattern": pattern, "meaning": "m"}, 512)
+        assert check["passed"] is passed, check
+        assert check["name"] == "prompt:p" and '"stream": true' in check["sent"]
+        for _ in range(100):  # the server notes the stream's end once its next write fails or it finishes
+            if server.streams and server.streams[-1].ended:
+                break
+            threading.Event().wait(0.02)
+        stream = server.streams[-1]
+        if passed:
+            # Closed where it matched, long before the 60 content chunks (1.2 s) were sent.
+            assert "the stream closed there" in check["detail"] and stream.peer_closed, (check, stream)
+            assert stream.ended - stream.started < 0.8
+        else:
+            assert not stream.peer_closed and "no code here" in check["received"]
+    finally:
+        server.shutdown()

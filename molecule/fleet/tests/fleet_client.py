@@ -23,6 +23,10 @@ DOOR = f"https://{ADDRESS['fleet-1']}"
 # HAProxy's own metrics (role front_door's metrics frontend: fleet-1's internal address, front_door_metrics_port).
 METRICS = f"http://{ADDRESS['fleet-1']}:8405/metrics"
 MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
+# The stack's compose project on each host (llm_stack_dir), as `docker compose` is run there.
+COMPOSE = "docker compose --project-directory /opt/llm-stack"
+# The name the lab CA's certificate gives the front door, sent as SNI (the client connects to its address).
+SNI = {"sni_hostname": "fleet-1"}
 CLIENT_KEY = "molecule-fleet-client-key-0123456789"
 LIMITED_KEY = "molecule-fleet-limited-key-0123456789"
 # HAProxy's runtime API on fleet-1 (the socket is root's): each API server's status and total sessions.
@@ -77,7 +81,7 @@ def door_client(timeout_s: float = 120) -> httpx.Client:
 
 
 def door_request(client: httpx.Client, method: str, path: str, **kwargs: object) -> httpx.Response:
-    return client.request(method, path, extensions={"sni_hostname": "fleet-1"}, **kwargs)
+    return client.request(method, path, extensions=SNI, **kwargs)
 
 
 @dataclass
@@ -107,7 +111,7 @@ class Load:
         try:
             with client.stream("POST", "/v1/chat/completions", json=body,
                                headers={"Authorization": f"Bearer {CLIENT_KEY}"},
-                               extensions={"sni_hostname": "fleet-1"}) as response:
+                               extensions=SNI) as response:
                 events = [line[5:].strip() for line in response.iter_lines() if line.startswith("data:")]
             ok = response.status_code == 200 and len(events) >= 2 and events[-1] == "[DONE]" \
                 and not any('"error"' in event for event in events)

@@ -14,6 +14,7 @@ import httpx
 from fleet_client import (
     ADDRESS,
     CLIENT_KEY,
+    COMPOSE,
     LIMITED_KEY,
     MODEL,
     Load,
@@ -25,7 +26,7 @@ from fleet_client import (
     wait_all_up,
 )
 
-BACKEND = "docker compose --project-directory /opt/llm-stack exec -T backend"
+BACKEND = f"{COMPOSE} exec -T backend"
 
 
 def test_haproxy_runs_from_the_distribution_with_every_host_up_behind_it() -> None:
@@ -61,7 +62,7 @@ def test_metrics_stay_inside_and_plain_http_is_redirected() -> None:
 def test_behind_the_front_door_each_hosts_services_are_on_its_internal_address_and_loopback_only() -> None:
     for host in ("fleet-2", "fleet-3"):
         for service, port in (("engine", 8000), ("backend", 8080)):
-            container = on(host, f"docker compose --project-directory /opt/llm-stack ps -q {service}")
+            container = on(host, f"{COMPOSE} ps -q {service}")
             bindings = json.loads(on(host, f"docker inspect -f '{{{{json .NetworkSettings.Ports}}}}' {container}"))
             published = sorted(b["HostIp"] for bs in bindings.values() for b in bs or [] if b["HostPort"] == str(port))
             assert published == sorted([ADDRESS[host], "127.0.0.1"]), (host, service, bindings)
@@ -72,7 +73,7 @@ def test_a_killed_engine_fails_only_its_streams_in_flight_and_its_host_is_out_wi
     clients: streams it was generating fail; a request sent there afterwards gets its backend's 503, which the
     front door sends on to another host; the health checks take fleet-3 out, and it gets nothing after."""
     wait_all_up()
-    engine = on("fleet-3", "docker compose --project-directory /opt/llm-stack ps -q engine")
+    engine = on("fleet-3", f"{COMPOSE} ps -q engine")
     try:
         with Load(clients=3) as load:
             time.sleep(5)

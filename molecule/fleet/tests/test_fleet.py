@@ -16,12 +16,12 @@ import time
 from pathlib import Path
 
 import pytest
-from fleet_client import Load, on, states
+from fleet_client import COMPOSE, Load, on, states
 
 ROOT = Path(__file__).resolve().parents[3]
 SCENARIO = Path(__file__).resolve().parents[1]
 HOSTS = ["fleet-1", "fleet-2", "fleet-3"]
-ENGINE = "$(docker compose --project-directory /opt/llm-stack ps -q engine)"
+ENGINE = f"$({COMPOSE} ps -q engine)"
 KEY = "molecule-fleet-fixture-key"
 REPORTS = Path(os.environ["LLM_REPORT_DIR"])
 
