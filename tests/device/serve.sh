@@ -35,6 +35,7 @@
 # build and the first piece stay on the machine, under /tmp):
 #   run(command="bash tests/device/serve.sh build", carry=[".llama", ".model-a"])       # ~ build time, see build.log
 #   run(command="bash tests/device/serve.sh serve", carry=[".whl", ".model-b"])
+# (`serve16` in place of `serve`: only the 16-slot pass and the doctor against it, about 100 s.)
 # Where one call can carry everything (the whole wheel in .whl/): run(command="bash tests/device/serve.sh").
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -73,8 +74,10 @@ build() {
   echo "## CUDA code in libggml-cuda"; cuobjdump --list-elf "$src/build/bin/libggml-cuda.so" 2>&1 | grep -o 'sm_[0-9a-z]*' | sort | uniq -c
 }
 
+# serve [16]: the profile as rendered (2 slots), the doctor, then the 16-slot pass; with 16, only the 16-slot pass
+# and the doctor against it (what the first capture lacks, in the device time a second call has).
 serve() {
-  local rc
+  local rc only16=${1:-}
   test -x "$server" || { echo "no $server: run the build stage first, on this machine"; return 1; }
   mkdir -p /tmp/wheels
   if [ -f ".whl/$wheel" ]; then cp ".whl/$wheel" /tmp/wheels/
@@ -118,35 +121,56 @@ EOF
     ls /usr/lib/x86_64-linux-gnu/libdcgm* 2>/dev/null || echo "no libdcgm"
     echo "## ansible"; ansible-playbook --version | head -2
   } >"$out/system.txt" 2>&1
+  if [ -n "$only16" ]; then
+    serve16 "$out/serve.log"; rc=$?
+    doctor
+    stop_server
+    redact
+    return "$rc"
+  fi
   timeout 420 ansible-playbook -i tests/device/inventory.ini tests/device/serve.yml -e @/tmp/serve-vars.json \
     >"$out/serve.log" 2>&1
   rc=$?; echo "serve.yml rc=$rc" | tee -a "$out/serve.log"
-  # The doctor against the running engine (no -e doctor_expect_engine: an engine must answer). The engine runs
-  # outside containers here (no Docker): doctor_expect_container=false makes container_gpu a warning, not a failure.
-  timeout 120 ansible-playbook -i tests/device/inventory.ini playbooks/doctor.yml -e @/tmp/serve-vars.json \
-    -e doctor_expect_container=false -e doctor_output="$out/doctor.json" >"$out/doctor.log" 2>&1
-  echo "doctor.yml rc=$?" | tee -a "$out/doctor.log"
+  doctor
   stop_server
-  # The same profile with 16 slots (llm_stack_llamacpp_parallel: 16, the context 16 x 2048 so that each slot keeps
-  # the default's 2048), rendered by the same code: what 16 clients get when the engine has a slot for each.
   if [ "$rc" = 0 ] && [ "$SECONDS" -lt 330 ]; then
-    timeout $((560 - SECONDS)) ansible-playbook -i tests/device/inventory.ini tests/device/serve.yml \
-      -e @/tmp/serve-vars.json -e serve_tag=-parallel16 \
-      -e '{"llm_stack_llamacpp_parallel": 16, "llm_stack_llamacpp_ctx": 32768, "llm_throughput_concurrency": [16]}' \
-      >>"$out/serve.log" 2>&1
-    echo "serve.yml parallel16 rc=$?" | tee -a "$out/serve.log"
+    serve16 "$out/serve.log"
     stop_server
   else
     echo "serve.yml parallel16 not run (rc=$rc, ${SECONDS}s spent)" | tee -a "$out/serve.log"
   fi
-  # The key must not have reached what comes back.
+  redact
+  return "$rc"
+}
+
+# The doctor against the running engine (no -e doctor_expect_engine: an engine must answer). The engine runs outside
+# containers here (no Docker): doctor_expect_container=false makes container_gpu a warning, not a failure.
+doctor() {
+  timeout 120 ansible-playbook -i tests/device/inventory.ini playbooks/doctor.yml -e @/tmp/serve-vars.json \
+    -e doctor_expect_container=false -e doctor_output="$out/doctor.json" >"$out/doctor.log" 2>&1
+  echo "doctor.yml rc=$?" | tee -a "$out/doctor.log"
+}
+
+# The same profile with 16 slots (llm_stack_llamacpp_parallel: 16, the context 16 x 2048 so that each slot keeps the
+# default's 2048), rendered by the same code: what 16 clients get when the engine has a slot for each.
+serve16() {
+  timeout $((560 - SECONDS)) ansible-playbook -i tests/device/inventory.ini tests/device/serve.yml \
+    -e @/tmp/serve-vars.json -e serve_tag=-parallel16 \
+    -e '{"llm_stack_llamacpp_parallel": 16, "llm_stack_llamacpp_ctx": 32768, "llm_throughput_concurrency": [16]}' \
+    >>"$1" 2>&1
+  local rc=$?
+  echo "serve.yml parallel16 rc=$rc" | tee -a "$1"
+  return "$rc"
+}
+
+# The key must not have reached what comes back.
+redact() {
   local key
   key=$(python3 -c 'import json; print(json.load(open("/tmp/serve-vars.json"))["llm_stack_api_key"])')
   if grep -rlF "$key" "$out"; then echo "KEY FOUND in the files above: redacted"; grep -rlF "$key" "$out" \
     | xargs sed -i "s/$key/<redacted>/g"; else echo "the run's API key is in none of the files"; fi
   grep -A1 RECAP "$out/serve.log" "$out/doctor.log"
   grep -A14 'TASK \[Table\]' "$out/doctor.log"
-  return "$rc"
 }
 
 stop_server() {
@@ -160,7 +184,8 @@ stop_server() {
 case "$stage" in
   build) build >"$out/build.log" 2>&1; rc=$?; echo "build rc=$rc" | tee -a "$out/build.log"; tail -5 "$out/build.log" ;;
   serve) serve; rc=$? ;;
+  serve16) serve 16; rc=$? ;;
   all) build >"$out/build.log" 2>&1 && serve; rc=$? ;;
-  *) echo "usage: $0 [build|serve|all]"; rc=2 ;;
+  *) echo "usage: $0 [build|serve|serve16|all]"; rc=2 ;;
 esac
 exit "$rc"
