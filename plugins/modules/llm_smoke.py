@@ -22,7 +22,7 @@ short_description: Functional checks of an OpenAI-compatible LLM endpoint
 description:
   - Checks /health, /v1/models (lists the served name), a non-streamed and a streamed chat completion
     (chunks, then [DONE]), prompt checks with a regular expression the reply must match (streamed, and closed as
-    soon as it matches: the engine stops generating then), and, when an API key is given, that a request without
+    soon as it matches, which stops the engine generating), and, when an API key is given, that a request without
     it gets 401 and one with it 200.
   - Never fails by itself, returns one result per check (name, passed, sent, received, detail) for the role to
     judge and report. The API key never appears in the results.
