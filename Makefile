@@ -77,11 +77,11 @@ haproxy:
 redis:
 	scripts/ensure-redis.sh
 
-# Two pytest-xdist workers by default (tests/conftest.py says which tests share one); PYTEST_WORKERS=0 runs them
+# Two pytest-xdist workers by default (conftest.py says which tests share one); PYTEST_WORKERS=0 runs them
 # in one process. The slowest tests are listed at the end: CI's time is read from them.
 PYTEST_WORKERS ?= 2
 unit: venv promtool haproxy redis
-	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadscope --durations=15 tests
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadscope --durations=15 tests apps
 
 # Every scenario under molecule/ (as `molecule test --all`), in two lanes side by side (scripts/molecule.sh says
 # why), each scenario's log printed whole when it ends, with its minutes. MOLECULE_SCENARIOS="a b": only those, one

@@ -8,8 +8,8 @@ on bench-1 alone (--limit) and on all N, each `--repeat` times, alternating. Eve
 and measure no throughput (the release is unchanged): the script checks both from the recap and the reports.
 Printed: wall seconds per run (median), the ratio N hosts / 1 host, the goals (1 host <= 20 s; N hosts <= 1.5 x 1
 host) met or not, the control node's CPU seconds per host at each size (ansible-playbook, its workers and the
-`docker exec` or ssh clients they start; not the modules, which run in the hosts), and the ansible.cfg levers in
-effect. Figures, not a test: nothing fails on a missed goal.
+`docker exec` or ssh clients they start; not the modules, which run in the hosts; the main process alone beside it),
+and the ansible.cfg levers in effect. Figures, not a test: nothing fails on a missed goal.
 
 The hosts run the engine only (llama.cpp with the lab's small model; --apps adds the backend and chat UI, which
 costs an image build per host at the first converge). They are removed at the end unless --keep.
@@ -135,6 +135,29 @@ def controller_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def own_cpu(pid: int) -> float | None:
+    """CPU seconds of one process itself (not its children), from /proc/<pid>/stat; None once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rfind(")") + 2:].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def run_sampled(command: list[str], run_env: dict[str, str]) -> tuple[int, str, float]:
+    """Exit code, output, and the CPU seconds of ansible-playbook's main process alone (sampled every 0.2 s until
+    it exits): the strategy, templating and results, which one CPU serialises however many forks run."""
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen(command, env=run_env, stdout=out, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+        main_s = 0.0
+        while proc.poll() is None:
+            main_s = own_cpu(proc.pid) or main_s
+            time.sleep(0.2)
+        out.seek(0)
+        return proc.returncode, out.read(), main_s
+
+
 def converge(hosts_file: Path, reports: Path, run_id: str, limit: str | None = None,
              profile: bool = False, mitogen: bool = False) -> tuple[float, dict, str]:
     """Wall seconds, {host: changed, failed} from the recap, and what follows the recap (the profiling callbacks'
@@ -148,16 +171,16 @@ def converge(hosts_file: Path, reports: Path, run_id: str, limit: str | None = N
              "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "15"} if profile else {}
     extra |= mitogen_env() if mitogen else {}
     start, cpu_before, children_before = time.monotonic(), machine_cpu(), controller_cpu()
-    done = subprocess.run(command, env={**env(reports), **extra}, capture_output=True, text=True, cwd=ROOT)
+    returncode, stdout, main_s = run_sampled(command, {**env(reports), **extra})
     wall = time.monotonic() - start
     cpu_after = machine_cpu()
     LOAD[run_id] = {"busy": busy_share(cpu_before, cpu_after), "controller_s": controller_cpu() - children_before,
-                    "machine_s": (cpu_after[0] - cpu_before[0]) / os.sysconf("SC_CLK_TCK")}
-    if done.returncode != 0:
-        sys.exit(f"site.yml failed ({run_id}):\n{done.stdout[-4000:]}")
-    recap = {m[0]: {"changed": int(m[2]), "failed": int(m[4])} for m in RECAP.findall(done.stdout)}
+                    "main_s": main_s, "machine_s": (cpu_after[0] - cpu_before[0]) / os.sysconf("SC_CLK_TCK")}
+    if returncode != 0:
+        sys.exit(f"site.yml failed ({run_id}):\n{stdout[-4000:]}")
+    recap = {m[0]: {"changed": int(m[2]), "failed": int(m[4])} for m in RECAP.findall(stdout)}
     # profile_roles and profile_tasks print their summaries after the recap.
-    return wall, recap, done.stdout[done.stdout.rfind("PLAY RECAP"):] if profile else ""
+    return wall, recap, stdout[stdout.rfind("PLAY RECAP"):] if profile else ""
 
 
 def measured(reports: Path, run_id: str) -> list[str]:
@@ -228,16 +251,20 @@ def main() -> None:
                               f"changed {changed or 0}, benchmark traffic "
                               f"{'on ' + ', '.join(benchmarked) if benchmarked else 'none'}; "
                               f"machine CPU {LOAD[run_id]['busy']:.0%} busy, control node "
-                              f"{LOAD[run_id]['controller_s']:.0f} CPU s")
+                              f"{LOAD[run_id]['controller_s']:.0f} CPU s (main process "
+                              f"{LOAD[run_id]['main_s']:.1f})")
                         walls[(mitogen, label)].append(wall)
             for mitogen in modes:
                 tag = "mitogen-" if mitogen else ""
                 per_host = {label: statistics.median(LOAD[f"{label}-{tag}{run}"]["controller_s"]
                                                      for run in range(args.repeat)) / n for label, _, n in runs}
+                main_per_host = {label: statistics.median(LOAD[f"{label}-{tag}{run}"]["main_s"]
+                                                          for run in range(args.repeat)) / n for label, _, n in runs}
                 print(f"\ncontrol node CPU per host, {'mitogen_linear' if mitogen else 'linear'}, median of "
                       f"{args.repeat}: " + "; ".join(
-                          f"{n} host{'s' if n > 1 else ''} {per_host[label]:.1f} CPU s "
-                          f"({statistics.median(walls[(mitogen, label)]):.1f} s wall)" for label, _, n in runs))
+                          f"{n} host{'s' if n > 1 else ''} {per_host[label]:.1f} CPU s, of which the main process "
+                          f"{main_per_host[label]:.1f} ({statistics.median(walls[(mitogen, label)]):.1f} s wall)"
+                          for label, _, n in runs))
                 if 1 not in sizes:
                     continue
                 t1, tn = statistics.median(walls[(mitogen, "one")]), statistics.median(walls[(mitogen, "all")])

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """A hostile and sloppy client for the backend API (apps/backend), standard library only, so that it runs where
-the backend runs: against a test process (tests/integration/test_backend_live.py) and inside the lab host
+the backend runs: against a test process (apps/backend/tests/test_backend_live.py) and inside the lab host
 (molecule default). Each case prints one JSON line {case, ok, detail}; the exit status is 1 if any case failed.
 
     python3 hostile_client.py http://127.0.0.1:8080 <api key> [--header-timeout 10] [--back-to-back 40]

@@ -3,9 +3,9 @@
 The backend reads its rates with the `limits` library (parse_many, then every limit must allow a request): one or
 more `<count> / [<n>] <unit>` or `<count> per [<n>] <unit>`, joined by ',', ';' or '|', units second, minute, hour,
 day, month or year (or their plurals), any case, e.g. `60/minute`, `10/second;500/hour`, `100 per 5 minutes`. The
-control node need not have `limits` installed, so its grammar is repeated here (tests/unit/test_rate_limit.py
-compares the two on a corpus). Stricter in one way only: the value goes into an env file, so one line of printable
-characters, at most 256.
+control node need not have `limits` installed, so its grammar is repeated here
+(tests/unit/plugins/module_utils/test_rate_limits.py compares the two on a corpus). Stricter in one way only: the
+value goes into an env file, so one line of printable characters, at most 256.
 """
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ from ansible_collections.llm_endpoints.core.plugins.module_utils.host_paths impo
 DOCUMENTATION = r"""
 module: host_files
 short_description: Several small text files written, or paths removed, on the host in one call
+version_added: "0.3.0"
 description:
   - Each entry of I(files) is written when its content differs from the file on the host (a temporary file in the
     same directory, given its mode and owner first, then renamed over the old one, so a reader never sees half a

@@ -26,6 +26,7 @@ from ansible_collections.llm_endpoints.core.plugins.module_utils.host_paths impo
 DOCUMENTATION = r"""
 module: llm_host_lock
 short_description: A host-level run lock, so two playbook runs against the same host do not interleave
+version_added: "0.3.0"
 description:
   - I(state=present) takes the lock file I(path) for this run; it is created atomically (C(O_CREAT|O_EXCL), mode
     0600, never through a symbolic link; missing directories are created 0700) holding the JSON record

@@ -19,6 +19,7 @@ from ansible_collections.llm_endpoints.core.plugins.module_utils.openai_client i
 DOCUMENTATION = r"""
 module: llm_smoke
 short_description: Functional checks of an OpenAI-compatible LLM endpoint
+version_added: "0.2.0"
 description:
   - Checks /health, /v1/models (lists the served name), a non-streamed and a streamed chat completion
     (chunks, then [DONE]), prompt checks with a regular expression the reply must match (streamed, and closed as

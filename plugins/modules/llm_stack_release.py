@@ -16,6 +16,7 @@ from ansible.module_utils.basic import AnsibleModule
 DOCUMENTATION = r"""
 module: llm_stack_release
 short_description: Keep each deployment of the LLM stack's compose project as a release with current/previous pointers
+version_added: "0.3.0"
 description:
   - A release is a directory C(<dir>/releases/<id>/) holding the compose file with every image reference resolved to
     what the host has (C(name:tag@sha256:<digest>) for a pulled image; a locally built image keeps its tag, which is

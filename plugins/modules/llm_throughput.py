@@ -27,6 +27,7 @@ from ansible_collections.llm_endpoints.core.plugins.module_utils.openai_client i
 DOCUMENTATION = r"""
 module: llm_throughput
 short_description: Benchmark an OpenAI-compatible chat endpoint at several concurrency levels
+version_added: "0.2.0"
 description:
   - Sends streaming chat completions with C(stream_options.include_usage) from a fixed, seeded prompt set,
     after a warm-up, at each concurrency level (a closed loop of that many clients, like

@@ -10,6 +10,7 @@ from ansible_collections.llm_endpoints.core.plugins.module_utils.gpu_table impor
 DOCUMENTATION = r"""
 module: nvidia_pci_devices
 short_description: List NVIDIA GPUs on the PCI bus from sysfs
+version_added: "0.2.0"
 description:
   - Reads C(vendor), C(device), C(class) and, where present, C(driver) of every device under
     C(<sysfs_root>/bus/pci/devices) and returns the NVIDIA (vendor 0x10de) display controllers

@@ -51,11 +51,12 @@ def test_artifact_holds_the_collection_and_leaves_out_the_test_tree(installed: t
                     "roles/llm_defaults/defaults/main.yml", "plugins/modules/llm_smoke.py",
                     "plugins/module_utils/openai_client.py", "plugins/filter/nvidia_smi.py", "meta/runtime.yml",
                     # llm_apps builds the backend and chat UI images from these (role_path/../../apps)
-                    "roles/llm_apps/tasks/build.yml", "apps/backend/llm_backend.py", "apps/backend/shared_limits.py",
-                    "apps/backend/requirements.txt",
+                    "roles/llm_apps/tasks/build.yml", "apps/backend/llm_backend.py", "apps/backend/gateway/store.py",
+                    "apps/backend/gateway/app.py", "apps/backend/requirements.txt",
                     "apps/frontend/chat.py", "apps/frontend/.streamlit/config.toml", "apps/frontend/requirements.txt"):
         assert present in names, present
-    for left_out in ("molecule", "tests", "inventory", "scripts", ".collection", ".venv", ".cache", ".ansible",
+    for left_out in ("molecule", "tests", "apps/backend/tests", "apps/frontend/tests", "conftest.py", "inventory",
+                     "scripts", ".collection", ".venv", ".cache", ".ansible",
                      "playbooks/lab_host.yml", "playbooks/lab_summary.yml", "site.yml", "templates", "docs"):
         assert not any(n == left_out or n.startswith(left_out + "/") for n in names), f"{left_out} is in the artifact"
 

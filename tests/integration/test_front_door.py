@@ -18,10 +18,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from backend_fixture import ALICE, METRICS_TOKEN, auth, poll, running_backend
 from front_door_fixture import config_vars, haproxy_wrapper, make_tls
 from llm_fixture import Cases, free_port, run_cases, run_playbook
 from sse_server import Script, serve
-from test_backend_live import ALICE, METRICS_TOKEN, auth, poll, running_backend
 
 
 @dataclass

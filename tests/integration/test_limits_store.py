@@ -1,7 +1,7 @@
 """The fleet's limits store as role limits_store configures it: the configuration written by the role (entry point
 config) and run by the distribution's own redis-server (Debian's package, scripts/ensure-redis.sh): a password and
 nothing without it, the dangerous commands refused, every write in the append-only file and kept across a restart,
-and the backend's own store client (apps/backend/shared_limits.py) deciding and keeping its ledger through it."""
+and the backend's own store client (apps/backend/gateway/store.py) deciding and keeping its ledger through it."""
 from __future__ import annotations
 
 import asyncio
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import redis
+from gateway.store import SharedLimits
 from llm_fixture import Cases, free_port, run_cases, run_playbook
-from shared_limits import SharedLimits
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_DIR = ROOT / ".cache/redis"

@@ -22,7 +22,8 @@ BOARDS = Path(__file__).resolve().parents[3] / "roles/monitoring/files/dashboard
 BACKEND_KEY = os.environ["LLM_BACKEND_API_KEY"]
 ROOT = Path(__file__).resolve().parents[3]
 CHROMIUM = Path("/usr/bin/chromium")
-# The test artifact; with LLM_UPDATE_SCREENSHOT=1 also the README's picture (as tests/browser/test_chat_ui.py does).
+# The test artifact; with LLM_UPDATE_SCREENSHOT=1 also the README's picture (as
+# apps/frontend/tests/test_chat_ui.py does).
 SCREENSHOTS = (ROOT / ".cache/artifacts/prometheus-targets.png", ROOT / "docs/images/prometheus-targets.png")
 # molecule/default/host_vars: scrape and evaluation every 5 s (the engine-down window, 20 s, is judged by
 # side_effect.yml).

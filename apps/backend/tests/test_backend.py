@@ -1,8 +1,9 @@
-"""The backend gateway (apps/backend/llm_backend.py) as an ASGI app, with a scripted engine behind it."""
+"""The backend gateway (apps/backend/gateway/) as an ASGI app, with a scripted engine behind it."""
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import socket
@@ -14,9 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import ROOT, load_path
-
-gw = load_path("llm_backend", "apps/backend/llm_backend.py")
+from gateway import app as gw_app
+from gateway import limits as gw_limits
+from gateway import logs as gw_logs
+from gateway import proxy as gw_proxy
+from gateway import settings as gw_settings
+from helpers import ROOT
 
 ALICE = "sk-alice-unit-test-key-0123456789abcdef"
 BOB = "sk-bob-unit-test-key-0123456789abcdef"
@@ -49,14 +53,14 @@ def env_for(tmp_path: Path, **overrides: str) -> dict[str, str]:
 
 
 def config_error(env: dict[str, str]) -> str:
-    with pytest.raises(gw.ConfigError) as caught:
-        gw.settings_from_env(env)
+    with pytest.raises(gw_settings.ConfigError) as caught:
+        gw_settings.settings_from_env(env)
     return str(caught.value)
 
 
 # ------------------------------------------------------------------------------------------------ configuration
 def test_defaults(tmp_path: Path) -> None:
-    settings = gw.settings_from_env(env_for(tmp_path))
+    settings = gw_settings.settings_from_env(env_for(tmp_path))
     assert (settings.upstream_url, settings.upstream_api_key, settings.rate_limit, settings.max_streams) == \
         ("http://engine:8000", "", "60/minute", 4)
     assert (settings.connect_timeout_s, settings.read_timeout_s, settings.health_timeout_s) == (3.0, 300.0, 2.0)
@@ -159,7 +163,7 @@ def test_main_exits_with_the_variable_named(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------------ keys, limits
 def test_authenticate_finds_each_key_and_refuses_others(tmp_path: Path) -> None:
-    gate = gw.Gate(gw.settings_from_env(env_for(tmp_path)).keys)
+    gate = gw_limits.Gate(gw_settings.settings_from_env(env_for(tmp_path)).keys)
     assert gate.authenticate(f"Bearer {ALICE}").id == "alice"
     assert gate.authenticate(f"bearer  {BOB} ").id == "bob"
     assert gate.authenticate(f"Bearer {CAROL}").id == "carol"
@@ -169,14 +173,14 @@ def test_authenticate_finds_each_key_and_refuses_others(tmp_path: Path) -> None:
 
 def test_authenticate_compares_with_every_stored_hash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """No early exit: as many constant-time comparisons whichever key matched, or none."""
-    gate = gw.Gate(gw.settings_from_env(env_for(tmp_path)).keys)
+    gate = gw_limits.Gate(gw_settings.settings_from_env(env_for(tmp_path)).keys)
     calls: list[tuple[bytes, bytes]] = []
 
     def counting(a: bytes, b: bytes) -> bool:
         calls.append((a, b))
         return a == b
 
-    monkeypatch.setattr(gw.hmac, "compare_digest", counting)
+    monkeypatch.setattr(hmac, "compare_digest", counting)
     for key, expected in ((ALICE, "alice"), (CAROL, "carol"), ("sk-nobody-0123456789abcdef", None)):
         calls.clear()
         found = gate.authenticate(f"Bearer {key}")
@@ -188,8 +192,8 @@ def test_authenticate_compares_with_every_stored_hash(tmp_path: Path, monkeypatc
 
 def test_moving_window_rate(tmp_path: Path) -> None:
     path = write_keys(tmp_path / "two.json", [{"id": "k", "sha256": sha(ALICE), "rate_limit": "2/second;3/minute"}])
-    key = gw.settings_from_env(env_for(tmp_path) | {"LLM_BACKEND_KEYS_FILE": str(path)}).keys[0]
-    gate = gw.Gate((key,))
+    key = gw_settings.settings_from_env(env_for(tmp_path) | {"LLM_BACKEND_KEYS_FILE": str(path)}).keys[0]
+    gate = gw_limits.Gate((key,))
 
     def request(now: float) -> int | None:
         """As the gateway admits a request: checked, then counted only if within the limits."""
@@ -212,8 +216,8 @@ def test_moving_window_rate(tmp_path: Path) -> None:
 
 
 def test_concurrency_slots(tmp_path: Path) -> None:
-    keys = gw.settings_from_env(env_for(tmp_path)).keys
-    gate, carol = gw.Gate(keys), keys[2]
+    keys = gw_settings.settings_from_env(env_for(tmp_path)).keys
+    gate, carol = gw_limits.Gate(keys), keys[2]
     assert gate.acquire(carol) and not gate.acquire(carol)
     gate.release(carol)
     assert gate.acquire(carol)
@@ -226,11 +230,11 @@ def test_a_writer_that_already_failed_ends_the_stream_instead_of_a_wait() -> Non
         async def failing_send(message: dict) -> None:
             raise OSError("the client is gone")
 
-        writer = gw.ClientWriter(failing_send)
+        writer = gw_proxy.ClientWriter(failing_send)
         writer.put(b"data: 1\n\n")
         await asyncio.wait({writer.task}, timeout=5)
         assert writer.task.done()
-        for _ in range(gw.MAX_BATCH):
+        for _ in range(gw_proxy.MAX_BATCH):
             writer.put(b"data: 2\n\n")
         with pytest.raises(OSError, match="the client is gone"):
             await asyncio.wait_for(writer.make_room(), 2)
@@ -246,16 +250,16 @@ def test_a_writer_keeps_up_and_make_room_returns() -> None:
             sent.append(message["body"])
             await asyncio.sleep(0)
 
-        writer = gw.ClientWriter(send)
-        for index in range(3 * gw.MAX_BATCH):
+        writer = gw_proxy.ClientWriter(send)
+        for index in range(3 * gw_proxy.MAX_BATCH):
             writer.put(b"%d," % index)
-            if len(writer.pending) >= gw.MAX_BATCH:
+            if len(writer.pending) >= gw_proxy.MAX_BATCH:
                 await asyncio.wait_for(writer.make_room(), 2)
         await asyncio.wait_for(writer.finish(), 2)
         return sent
 
     sent = asyncio.run(scenario())
-    assert b"".join(sent) == b"".join(b"%d," % index for index in range(3 * gw.MAX_BATCH))
+    assert b"".join(sent) == b"".join(b"%d," % index for index in range(3 * gw_proxy.MAX_BATCH))
 
 
 # ----------------------------------------------------------------------------------------------- usage scanner
@@ -265,14 +269,14 @@ USAGE_EVENT = b'data: {"choices":[],"model":"m1","usage":{"prompt_tokens":12,"co
 def test_usage_found_however_the_stream_is_cut() -> None:
     stream = (b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n' + USAGE_EVENT + b"data: [DONE]\n\n")
     for size in (1, 2, 7, 64, len(stream)):
-        scanner = gw.UsageScanner()
+        scanner = gw_proxy.UsageScanner()
         for start in range(0, len(stream), size):
             scanner.feed(stream[start:start + size])
         assert (scanner.prompt_tokens, scanner.completion_tokens, scanner.model) == (12, 34, "m1"), size
 
 
 def test_usage_scanner_ignores_what_is_not_a_usage_event() -> None:
-    scanner = gw.UsageScanner()
+    scanner = gw_proxy.UsageScanner()
     scanner.feed(b'data: {"choices":[],"usage":null}\r\n\r\n: a comment with "usage"\n\n'
                  b'data: {"usage": {"prompt_tokens": true, "completion_tokens": "3"}}\n\ndata: {"usage": broken\n\n')
     assert (scanner.prompt_tokens, scanner.completion_tokens, scanner.model) == (None, None, None)
@@ -335,8 +339,8 @@ class Harness:
     def __init__(self, tmp_path: Path, handler: Handler = streaming_engine, **overrides: str) -> None:
         self.engine = Engine(handler)
         overrides = {"METRICS_TOKEN": METRICS_TOKEN} | overrides
-        self.settings = gw.settings_from_env(env_for(tmp_path, UPSTREAM_API_KEY="engine-secret", **overrides))
-        self.app = gw.create_app(self.settings, transport=httpx.MockTransport(self.engine))
+        self.settings = gw_settings.settings_from_env(env_for(tmp_path, UPSTREAM_API_KEY="engine-secret", **overrides))
+        self.app = gw_app.create_app(self.settings, transport=httpx.MockTransport(self.engine))
 
     def client(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app, client=("192.0.2.7", 5555)),
@@ -407,7 +411,7 @@ def test_streamed_chat_passes_the_engines_bytes_and_counts_usage(tmp_path: Path,
             return await client.post("/v1/chat/completions", headers=auth(ALICE),
                                      json=chat_body(temperature=0.5, stream_options={"include_usage": False}))
 
-    with caplog.at_level(logging.INFO, logger=gw.ACCESS_LOGGER):
+    with caplog.at_level(logging.INFO, logger=gw_logs.ACCESS_LOGGER):
         response = asyncio.run(scenario())
     assert response.status_code == 200
     assert response.headers["content-type"] == "text/event-stream"
@@ -447,7 +451,7 @@ def test_logs_and_metrics_carry_no_bodies_or_keys(tmp_path: Path, caplog: pytest
     with caplog.at_level(logging.DEBUG):
         asyncio.run(scenario())
     logged = "\n".join(record.getMessage() for record in caplog.records) + caplog.text
-    assert len([r for r in caplog.records if r.name == gw.ACCESS_LOGGER]) == 3
+    assert len([r for r in caplog.records if r.name == gw_logs.ACCESS_LOGGER]) == 3
     exposed = logged + harness.metrics()
     for secret in (PROMPT, REPLY, ALICE, sha(ALICE), "sk-wrong", "engine-secret", "Bearer", "uthorization"):
         assert secret not in exposed, secret
@@ -460,7 +464,7 @@ def test_non_streamed_chat_is_passed_through(tmp_path: Path, caplog: pytest.LogC
         async with harness.client() as client:
             return await client.post("/v1/chat/completions", headers=auth(ALICE), json=chat_body(stream=False))
 
-    with caplog.at_level(logging.INFO, logger=gw.ACCESS_LOGGER):
+    with caplog.at_level(logging.INFO, logger=gw_logs.ACCESS_LOGGER):
         response = asyncio.run(scenario())
     assert response.status_code == 200 and response.json()["choices"][0]["message"]["content"] == REPLY
     assert harness.engine.bodies == [chat_body(stream=False)]  # no stream_options added
@@ -596,13 +600,14 @@ def test_a_body_over_the_limit_is_413_and_never_reaches_the_engine(tmp_path: Pat
 def test_models_of_a_hung_engine_are_503_within_the_models_timeout(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A real socket that accepts connections and never answers; the read timeout (300 s) does not apply."""
-    assert gw.Gateway(gw.settings_from_env(env_for(tmp_path))).models_timeout_s == 10.0
-    assert gw.Gateway(gw.settings_from_env(env_for(tmp_path, CONNECT_TIMEOUT_S="20"))).models_timeout_s == 20.0
-    monkeypatch.setattr(gw, "MODELS_TIMEOUT_S", 0.3)
+    assert gw_app.Gateway(gw_settings.settings_from_env(env_for(tmp_path))).models_timeout_s == 10.0
+    slow_connect = gw_settings.settings_from_env(env_for(tmp_path, CONNECT_TIMEOUT_S="20"))
+    assert gw_app.Gateway(slow_connect).models_timeout_s == 20.0
+    monkeypatch.setattr(gw_app, "MODELS_TIMEOUT_S", 0.3)
     with socket.create_server(("127.0.0.1", 0), backlog=16) as silent:
-        settings = gw.settings_from_env(env_for(tmp_path, UPSTREAM_URL=f"http://127.0.0.1:{silent.getsockname()[1]}",
+        settings = gw_settings.settings_from_env(env_for(tmp_path, UPSTREAM_URL=f"http://127.0.0.1:{silent.getsockname()[1]}",
                                                 CONNECT_TIMEOUT_S="0.1"))
-        app = gw.create_app(settings)
+        app = gw_app.create_app(settings)
 
         async def scenario() -> tuple[httpx.Response, float]:
             transport = httpx.ASGITransport(app=app, client=("192.0.2.7", 5555))
@@ -647,7 +652,7 @@ def test_the_model_label_takes_only_the_engines_model_ids(tmp_path: Path, caplog
             for model in (MODEL, "made-up-2", "made-up-3", MODEL):
                 await ask(model)
 
-    with caplog.at_level(logging.INFO, logger=gw.ACCESS_LOGGER):
+    with caplog.at_level(logging.INFO, logger=gw_logs.ACCESS_LOGGER):
         asyncio.run(scenario())
     assert gateway.model_ids == {MODEL}
     assert [request.url.path for request in harness.engine.requests].count("/v1/models") == 1  # once per TTL
@@ -716,7 +721,7 @@ def test_a_stream_broken_after_it_started_ends_with_an_error_event(tmp_path: Pat
         async with harness.client() as client:
             return await client.post("/v1/chat/completions", headers=auth(ALICE), json=chat_body())
 
-    with caplog.at_level(logging.INFO, logger=gw.ACCESS_LOGGER):
+    with caplog.at_level(logging.INFO, logger=gw_logs.ACCESS_LOGGER):
         response = asyncio.run(scenario())
     assert response.status_code == 200
     head = b"".join(sse_events()[:2])
@@ -832,7 +837,7 @@ def test_client_disconnect_closes_the_engine_stream(tmp_path: Path, caplog: pyte
         await asyncio.wait_for(harness.app(scope, receive, send), 5)
         await asyncio.wait_for(closed.wait(), 5)
 
-    with caplog.at_level(logging.INFO, logger=gw.ACCESS_LOGGER):
+    with caplog.at_level(logging.INFO, logger=gw_logs.ACCESS_LOGGER):
         asyncio.run(scenario())
     assert sent[0]["status"] == 200
     # Cut, not ended, and at once: the engine writes a chunk every 5 ms, and the test waits up to 5 s.
@@ -851,10 +856,10 @@ def test_probes_are_logged_at_debug_only(tmp_path: Path, caplog: pytest.LogCaptu
             await client.get("/health")
             await client.get("/metrics")
 
-    with caplog.at_level(logging.INFO, logger=gw.ACCESS_LOGGER):
+    with caplog.at_level(logging.INFO, logger=gw_logs.ACCESS_LOGGER):
         asyncio.run(scenario())
     assert caplog.records == []
-    with caplog.at_level(logging.DEBUG, logger=gw.ACCESS_LOGGER):
+    with caplog.at_level(logging.DEBUG, logger=gw_logs.ACCESS_LOGGER):
         asyncio.run(scenario())
     assert [(json.loads(r.getMessage())["path"], r.levelname) for r in caplog.records] == \
         [("/health", "DEBUG"), ("/metrics", "DEBUG")]
@@ -944,7 +949,7 @@ def test_deeply_nested_json_is_400_logged_and_counted_without_a_traceback(tmp_pa
         answers = post_all(harness, *[("/v1/chat/completions", nested)] * 8)
     assert [r.status_code for r in answers] == [400] * 5 + [429] * 3
     assert_openai_error(answers[0], 400, "invalid_request_error", "invalid_json")
-    access = [json.loads(r.getMessage()) for r in caplog.records if r.name == gw.ACCESS_LOGGER]
+    access = [json.loads(r.getMessage()) for r in caplog.records if r.name == gw_logs.ACCESS_LOGGER]
     assert [line["status"] for line in access] == [400] * 5 + [429] * 3
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
 
@@ -964,7 +969,7 @@ def test_a_client_gone_mid_body_is_logged_without_a_traceback(tmp_path: Path,
 
     with caplog.at_level(logging.INFO):
         asyncio.run(harness.app(asgi_scope(ALICE), receive, send))
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == gw.ACCESS_LOGGER]
+    lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == gw_logs.ACCESS_LOGGER]
     assert [(line["status"], line["error"]) for line in lines] == [(499, "client_disconnected")]
     assert not [r for r in caplog.records if r.exc_info]
     assert harness.engine.requests == []
@@ -982,8 +987,8 @@ def test_a_model_name_with_a_lone_surrogate_still_gets_its_log_line(tmp_path: Pa
     harness = Harness(tmp_path, lambda request: httpx.Response(400, json={"error": {"message": "no such model"}}))
     out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8")  # as stdout in the container: UTF-8, strict
     handler = logging.StreamHandler(out)
-    handler.setFormatter(gw.JsonFormatter())
-    logger = logging.getLogger(gw.ACCESS_LOGGER)
+    handler.setFormatter(gw_logs.JsonFormatter())
+    logger = logging.getLogger(gw_logs.ACCESS_LOGGER)
     logger.addHandler(handler)
     old_level = logger.level
     logger.setLevel(logging.INFO)
@@ -1086,7 +1091,7 @@ def test_a_client_that_stops_reading_is_cut_after_the_send_timeout(tmp_path: Pat
             stuck.set()
             await asyncio.Event().wait()  # the client's window is full: uvicorn's send waits for it
 
-    with caplog.at_level(logging.INFO, logger=gw.ACCESS_LOGGER):
+    with caplog.at_level(logging.INFO, logger=gw_logs.ACCESS_LOGGER):
         asyncio.run(asyncio.wait_for(harness.app(asgi_scope(CAROL), receive, send), 5))
     assert stuck.is_set() and trickle.closed.is_set()
     assert json.loads(caplog.records[-1].getMessage())["error"] == "client_send_timeout"
@@ -1105,7 +1110,7 @@ def test_keys_are_reloaded_without_dropping_streams_and_a_key_can_be_disabled(
             await release.wait()
         return streaming_engine(request)
 
-    monkeypatch.setattr(gw, "KEYS_POLL_S", 0.05)
+    monkeypatch.setattr(gw_app, "KEYS_POLL_S", 0.05)
     harness = Harness(tmp_path, slow_engine, KEYS_FILE=str(keys))
     gateway = harness.app.state.gateway
 

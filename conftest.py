@@ -1,4 +1,5 @@
-"""Fixtures shared by the integration and browser tests: one real llama.cpp server for the whole session."""
+"""Fixtures shared by the tests under tests/ and apps/*/tests: one real llama.cpp server for the whole session; which
+tests share a pytest worker."""
 from __future__ import annotations
 
 from collections.abc import Iterator

@@ -18,11 +18,11 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from backend_fixture import ALICE, BOB, METRICS_AUTH, Backend, auth, poll, running_backend
+from helpers import ROOT
 from llm_fixture import free_port
 from sse_server import Script, serve
-from test_backend_live import ALICE, BOB, METRICS_AUTH, Backend, auth, poll, running_backend
 
-ROOT = Path(__file__).resolve().parents[2]
 REDIS_DIR = ROOT / ".cache/redis"
 PASSWORD = "store-password-integration-0123456789"
 

@@ -7,15 +7,13 @@ import random
 
 import pytest
 from ansible_collections.llm_endpoints.core.plugins.module_utils.rate_limits import is_rate_limit as rate_limit
-from helpers import load_path
-
-gw = load_path("llm_backend_for_rates", "apps/backend/llm_backend.py")
+from gateway import settings as gw_settings
 
 
 def backend_takes(text: str) -> bool:
     try:
-        gw.parse_rate("rate", text)
-    except gw.ConfigError:
+        gw_settings.parse_rate("rate", text)
+    except gw_settings.ConfigError:
         return False
     return True
 

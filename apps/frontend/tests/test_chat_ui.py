@@ -26,7 +26,7 @@ from playwright.sync_api import Browser, Locator, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 from sse_server import Script, serve
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CHROMIUM = Path("/usr/bin/chromium")
 # Headless Chromium as root in this network (docs: /work/shared/ENVIRONMENT.md); without the background
 # networking flags it keeps trying to reach Google's services.
