@@ -4,7 +4,10 @@ per task and host (about 30 ms on the CI machine), paid on every row by each hos
 
 A row is one of:
   {that: <condition or list of conditions>, msg: <message template>}
-  {name: <variable>, value: <template>, min: <int>, max: <int>}: a whole number in range, with the shared message
+  {name: <variable>, value: <template>, min: <number>, max: <number>}: a whole number in range, with the shared
+    message ("<name> must be a whole number from <min> to <max>; got <value>."); `number: true` takes a decimal
+    number too (digits, a point, digits: no sign, exponent, nan or inf), `above: true` excludes min ("greater than
+    <min> and at most <max>"), `unit: seconds` names what it counts ("a number of seconds ...")
 and may carry `when: <condition>` (the row is skipped when false). Conditions are bare expressions, as assert's
 `that`. The rows are not templated before the task runs: each row's condition is evaluated only after every earlier
 row passed (a later row may rely on an earlier one: a value checked to be a list before it is mapped), and a message
@@ -21,6 +24,7 @@ from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
 
 _WHOLE = re.compile(r"[0-9]+\Z")
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?\Z")
 _NUMBER = frozenset(("name", "value", "min", "max"))
 
 
@@ -69,8 +73,13 @@ class ActionModule(ActionBase):
                     return str(self._templar.template(row["msg"])).strip()
             return None
         value = self._templar.template(row["value"])
-        text = str(value)
-        if not isinstance(value, bool) and _WHOLE.match(text) and int(row["min"]) <= int(text) <= int(row["max"]):
-            return None
-        return (f"{row['name']} must be a whole number from {row['min']} to {row['max']}; "
-                f"got {json.dumps(value, default=str)}.")
+        text, decimal, above = str(value), bool(row.get("number")), bool(row.get("above"))
+        low, high = float(row["min"]), float(row["max"])
+        if not isinstance(value, bool) and (_DECIMAL if decimal else _WHOLE).match(text):
+            number = float(text)
+            if (number > low if above else number >= low) and number <= high:
+                return None
+        kind = ("number" if decimal else "whole number") + (f" of {row['unit']}" if row.get("unit") else "")
+        bounds = (f"greater than {row['min']} and at most {row['max']}" if above
+                  else f"from {row['min']} to {row['max']}")
+        return f"{row['name']} must be a {kind} {bounds}; got {json.dumps(value, default=str)}."

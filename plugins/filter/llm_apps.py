@@ -73,6 +73,21 @@ def backend_bad_key_entry(entries: list[Any]) -> dict[str, Any] | None:
     return None
 
 
+def backend_keys_twice(entries: list[dict[str, Any]]) -> list[list[str]]:
+    """Pairs of ids that hold the same key (as key or as its sha256), [first id, later id] in order; the backend would
+    count such a key against whichever id it finds first. Well-formed entries only (backend_bad_key_entry first).
+    Ids only: nothing of a key is returned."""
+    seen: dict[str, str] = {}
+    twice = []
+    for entry in map(backend_key_entry, entries):
+        if entry["sha256"] in seen:
+            twice.append([seen[entry["sha256"]], entry["id"]])
+        else:
+            seen[entry["sha256"]] = entry["id"]
+    return twice
+
+
 class FilterModule:
     def filters(self) -> dict:
-        return {"llm_backend_key_entry": backend_key_entry, "llm_backend_bad_key_entry": backend_bad_key_entry}
+        return {"llm_backend_key_entry": backend_key_entry, "llm_backend_bad_key_entry": backend_bad_key_entry,
+                "llm_backend_keys_twice": backend_keys_twice}

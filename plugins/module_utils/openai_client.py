@@ -96,13 +96,17 @@ def read_lines(resp: http.client.HTTPResponse) -> Iterator[bytes]:
         yield line
 
 
+def message_text(message: dict) -> tuple[str, str]:
+    """(content, reasoning) of a completion's message or a stream's delta: reasoning models put their reasoning in
+    `reasoning_content` (vLLM, llama.cpp) or `reasoning` (vLLM's gpt-oss parser), and may leave content empty."""
+    return (message.get("content") or "", message.get("reasoning_content") or message.get("reasoning") or "")
+
+
 def has_token(choice: dict) -> bool:
     """Whether a streamed choice carries generated text (content, or a reasoning model's reasoning)."""
-    delta = choice.get("delta") or {}
-    return bool(delta.get("content") or delta.get("reasoning_content") or delta.get("reasoning"))
+    return any(message_text(choice.get("delta") or {}))
 
 
 def reply_text(payload: str) -> tuple[str, str]:
     """(content, reasoning) of a non-streamed chat completion; reasoning models may put text in either."""
-    message = json.loads(payload)["choices"][0]["message"]
-    return (message.get("content") or "", message.get("reasoning_content") or message.get("reasoning") or "")
+    return message_text(json.loads(payload)["choices"][0]["message"])

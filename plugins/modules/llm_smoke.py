@@ -12,6 +12,7 @@ from ansible_collections.llm_endpoints.core.plugins.module_utils.openai_client i
     ENDPOINT_ARGS,
     OpenAIEndpoint,
     events,
+    message_text,
     read_lines,
     reply_text,
 )
@@ -197,8 +198,9 @@ def check_prompt(ep: OpenAIEndpoint, spec: dict, max_tokens: int) -> dict[str, A
             except (ValueError, KeyError, IndexError, TypeError, AttributeError):
                 return result(name, False, sent, payload.decode("utf-8", "replace"), "reply is not a chat completion")
             chunks += 1
-            text["content"] += delta.get("content") or ""
-            text["reasoning"] += delta.get("reasoning_content") or delta.get("reasoning") or ""
+            content, reasoning = message_text(delta)
+            text["content"] += content
+            text["reasoning"] += reasoning
             if pattern.search(text["content"]) or pattern.search(text["reasoning"]):
                 return result(name, True, sent, text["content"] or text["reasoning"],
                               f"{expected} (matched after {chunks} chunks; the stream closed there)")

@@ -38,6 +38,8 @@ def run(tmp_path: Path, **extra: object) -> str:
     # No driver runs on the test machine: preinstalled verifies, finds none, and installs nothing.
     ({"nvidia_driver_provider": "preinstalled"},
      "no NVIDIA driver is running. nvidia_driver_provider is preinstalled, so nothing was installed"),
+    ({"cuda_toolkit_enabled": True, "cuda_toolkit_version": "12.8.1"},
+     'cuda_toolkit_version must look like 12.8; got "12.8.1".'),
     ({"preflight_secure_boot": "enabled"},
      "Secure Boot is enabled on localhost: the NVIDIA kernel module will only load once its"),
 ])

@@ -13,7 +13,9 @@ from test_fedora_rendering import find_task, render
     ("site/reboot.yml", False), ("/srv/site/reboot.sh", False), ("/srv/a\nb.yml", False), (["reboot-now.yml"], False),
 ])
 def test_the_reboot_task_file_is_checked_first(value: object, ok: bool) -> None:
-    tasks_file = "reboot.yml"
-    check = find_task("nvidia_driver", tasks_file, "The reboot's task file is the role's")
-    assert check == find_task("nvidia_driver", tasks_file, "")  # the first task, before the drain
+    # First in validate.yml (before the install: nothing changed yet) and in reboot.yml (before the drain).
+    for tasks_file in ("validate.yml", "reboot.yml"):
+        first = find_task("nvidia_driver", tasks_file, "")
+        assert first["ansible.builtin.include_tasks"] == "check-reboot-tasks.yml", tasks_file
+    check = find_task("nvidia_driver", "check-reboot-tasks.yml", "The reboot's task file is the role's")
     assert render("{{ " + check["ansible.builtin.assert"]["that"] + " }}", {"nvidia_driver_reboot_tasks": value}) is ok

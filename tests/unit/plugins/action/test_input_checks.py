@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from llm_fixture import Cases, run_cases
 
-GOOD = {"items": [1, 2], "count": 3, "secret": "abc", "check_secret": True}
+GOOD = {"items": [1, 2], "count": 3, "secret": "abc", "check_secret": True, "timeout": 2.5, "share": 0}
 CASES = {
-    "good": ({}, "4 checks passed"),
+    "good": ({}, "6 checks passed"),
     # The second row would raise on a string: the first fails, and the second is never evaluated.
     "string": ({"items": "x"}, 'items must be a list; got "x".'),
     "sum": ({"items": [60, 50]}, "items must add up to less than 100; got 110."),
@@ -16,7 +16,14 @@ CASES = {
     "text": ({"count": "3x"}, 'count must be a whole number from 1 to 5; got "3x".'),
     "bool": ({"count": True}, "count must be a whole number from 1 to 5; got true."),
     "secret": ({"secret": "Hunter-2-SECRET"}, "secret must be lower-case letters (its value is not shown)."),
-    "skipped": ({"secret": "Hunter-2-SECRET", "check_secret": False}, "3 checks passed"),
+    "skipped": ({"secret": "Hunter-2-SECRET", "check_secret": False}, "5 checks passed"),
+    # A decimal row with an exclusive minimum and a unit; a decimal row from 0 (its minimum allowed).
+    "at-minimum": ({"timeout": 0}, "timeout must be a number of seconds greater than 0 and at most 60; got 0."),
+    "past-maximum": ({"timeout": 60.5}, "timeout must be a number of seconds greater than 0 and at most 60; got 60.5."),
+    "nan": ({"timeout": "nan"}, 'timeout must be a number of seconds greater than 0 and at most 60; got "nan".'),
+    "exponent": ({"timeout": "1e1"}, 'timeout must be a number of seconds greater than 0 and at most 60; got "1e1".'),
+    "negative": ({"share": -0.5}, "share must be a number from 0 to 1; got -0.5."),
+    "decimal-where-whole": ({"count": 2.5}, "count must be a whole number from 1 to 5; got 2.5."),
     "raises": ({"items": [1, "Hunter-2-SECRET"]},
                "input_checks: the check of row 1 could not be evaluated (AnsibleTemplate"),
 }
