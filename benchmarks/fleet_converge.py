@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import configparser
+import contextlib
 import json
 import os
 import re
@@ -153,7 +154,8 @@ def run_sampled(command: list[str], run_env: dict[str, str]) -> tuple[int, str, 
         main_s = 0.0
         while proc.poll() is None:
             main_s = own_cpu(proc.pid) or main_s
-            time.sleep(0.2)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=0.2)
         out.seek(0)
         return proc.returncode, out.read(), main_s
 

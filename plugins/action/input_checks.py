@@ -74,9 +74,10 @@ class ActionModule(ActionBase):
             return None
         value = self._templar.template(row["value"])
         text, decimal, above = str(value), bool(row.get("number")), bool(row.get("above"))
-        low, high = float(row["min"]), float(row["max"])
         if not isinstance(value, bool) and (_DECIMAL if decimal else _WHOLE).match(text):
-            number = float(text)
+            # Whole numbers as int (exact at any size), decimals as float.
+            number, low, high = ((float(text), float(row["min"]), float(row["max"])) if decimal
+                                 else (int(text), int(row["min"]), int(row["max"])))
             if (number > low if above else number >= low) and number <= high:
                 return None
         kind = ("number" if decimal else "whole number") + (f" of {row['unit']}" if row.get("unit") else "")

@@ -106,6 +106,3 @@ def main() -> None:
         settings.upstream_url)
     serve(settings)
 
-
-if __name__ == "__main__":
-    main()
