@@ -18,7 +18,7 @@ help:
 	@echo "make lab-down  remove the lab host"
 	@echo "make test      lint, syntax check, pytest and every molecule scenario (what CI runs; CONTRIBUTING.md)"
 	@echo "make bench     benchmarks that print figures (fidelity, client capacity, gateway and front door overhead)"
-	@echo "make bench-fleet  idempotent converge on 1, 4 and 8 lab hosts, linear and Mitogen: wall times, control node CPU per host, slowest roles (~30 min)"
+	@echo "make bench-fleet  idempotent converge on 1, 4 and 8 lab hosts, unchanged hosts' check and whole runs, linear and Mitogen: wall times, control node CPU per host, slowest roles (~40 min)"
 	@echo "make collection  build the collection artifact llm_endpoints.core into .cache/dist"
 
 # The pinned set is installed by uv (PyPI), which fetches and unpacks side by side: 40-60 s on a fresh machine where
@@ -100,10 +100,10 @@ bench: venv haproxy
 	$(BIN)/python benchmarks/gateway_overhead.py
 	$(BIN)/python benchmarks/front_door_overhead.py
 
-# An idempotent site.yml converge on 1 and on 8 lab hosts (engine only), with Ansible's linear strategy and with
-# Mitogen's, and the slowest roles and tasks: ~20 min.
+# An idempotent site.yml converge on 1, 4 and 8 lab hosts (engine only): unchanged hosts checked in one call, then
+# whole runs (host_state_enabled=false); Ansible's linear strategy and Mitogen's; the slowest roles and tasks.
 bench-fleet: lab-images
-	$(BIN)/python benchmarks/fleet_converge.py --sizes 1,4,8 --repeat 2 --profile --mitogen
+	$(BIN)/python benchmarks/fleet_converge.py --sizes 1,4,8 --repeat 2 --profile --mitogen --whole
 
 collection: venv
 	$(BIN)/ansible-galaxy collection build --force --output-path $(CACHE)/dist .

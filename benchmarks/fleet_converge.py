@@ -18,12 +18,16 @@ With --mitogen, each timed run is done twice: as above, and with Mitogen for Ans
 one Python interpreter kept per host instead of one started per task; the hosts then use the connection name
 `docker`, which Mitogen replaces by its own). Both sets of figures are printed, from the same hosts and run.
 
+Every timed run is site.yml as it is: each host, unchanged since the first converge's record, is checked in one call
+(roles/host_state) and sits out the other plays. With --whole the same runs follow with -e host_state_enabled=false,
+every role on every host (the cost before 0.4.0, and of a host that changed), figures side by side.
+
 With --connection ssh the hosts are reached over SSH, as a fleet is (openssh-server is installed in each lab host
 first, untimed), instead of by `docker exec`, the lab's way: each module then costs an SSH channel on a kept master
 connection instead of a new `docker exec`.
 
     .venv/bin/python benchmarks/fleet_converge.py [--hosts 8] [--sizes 1,4,8] [--repeat 3] [--apps] [--keep]
-                                                  [--profile] [--mitogen] [--connection docker|ssh]
+                                                  [--profile] [--mitogen] [--whole] [--connection docker|ssh]
 """
 from __future__ import annotations
 
@@ -199,6 +203,61 @@ def levers() -> str:
     return ", ".join(f"{s}.{k}={config.get(s, k, fallback='-')}" for s, k in keys)
 
 
+def series(args: argparse.Namespace, hosts_file: Path, reports: Path, names: list[str], sizes: list[int],
+           whole: bool) -> None:
+    """The timed idempotent runs at each size, `--repeat` times (each strategy of --mitogen), and their figures."""
+    prefix = "whole-" if whole else ""
+    modes = [False, True] if args.mitogen else [False]
+    # "one" is 1 host, "all" every host made; sizes between are "<n>" (the first n hosts).
+    runs = [("one" if n == 1 else "all" if n == args.hosts else str(n),
+             None if n == args.hosts else ",".join(names[:n]), n) for n in sizes]
+    walls: dict[tuple[bool, str], list[float]] = {(m, label): [] for m in modes for label, _, _ in runs}
+    for i in range(args.repeat):
+        # Strategies take turns going first, so neither always runs on a machine the other just warmed.
+        for mitogen in modes if i % 2 == 0 else modes[::-1]:
+            for label, limit, _ in runs:
+                run_id = f"{prefix}{label}-{'mitogen-' if mitogen else ''}{i}"
+                wall, recap, _ = converge(hosts_file, reports, run_id, limit, mitogen=mitogen, whole=whole)
+                changed = {h: r["changed"] for h, r in recap.items() if r["changed"]}
+                benchmarked = measured(reports, run_id)
+                print(f"  {label:>3} run {i + 1}{' (mitogen)' if mitogen else ''}: {wall:6.1f} s, "
+                      f"changed {changed or 0}, benchmark traffic "
+                      f"{'on ' + ', '.join(benchmarked) if benchmarked else 'none'}; "
+                      f"machine CPU {LOAD[run_id]['busy']:.0%} busy, control node "
+                      f"{LOAD[run_id]['controller_s']:.0f} CPU s (main process "
+                      f"{LOAD[run_id]['main_s']:.1f})")
+                walls[(mitogen, label)].append(wall)
+    for mitogen in modes:
+        tag = "mitogen-" if mitogen else ""
+        per_host = {label: statistics.median(LOAD[f"{prefix}{label}-{tag}{run}"]["controller_s"]
+                                             for run in range(args.repeat)) / n for label, _, n in runs}
+        main_per_host = {label: statistics.median(LOAD[f"{prefix}{label}-{tag}{run}"]["main_s"]
+                                                  for run in range(args.repeat)) / n for label, _, n in runs}
+        print(f"\ncontrol node CPU per host, {'mitogen_linear' if mitogen else 'linear'}, median of "
+              f"{args.repeat}: " + "; ".join(
+                  f"{n} host{'s' if n > 1 else ''} {per_host[label]:.1f} CPU s, of which the main process "
+                  f"{main_per_host[label]:.1f} ({statistics.median(walls[(mitogen, label)]):.1f} s wall)"
+                  for label, _, n in runs))
+        if 1 not in sizes:
+            continue
+        t1, tn = statistics.median(walls[(mitogen, "one")]), statistics.median(walls[(mitogen, "all")])
+        strategy = "mitogen_linear" if mitogen else "linear (ansible.cfg)"
+        print(f"\nidempotent converge, {strategy}, median of {args.repeat}: 1 host {t1:.1f} s; "
+              f"{args.hosts} hosts {tn:.1f} s; ratio {tn / t1:.2f}")
+        print(f"goals: 1 host <= 20 s: {'met' if t1 <= 20 else 'NOT met'}; {args.hosts} hosts <= 1.5 x 1 host: "
+              f"{'met' if tn <= 1.5 * t1 else 'NOT met'}")
+        # The floor the machine's CPUs set: the busy CPU seconds of the fleet's converge (control node, docker
+        # exec, the modules in every lab host, and what the hosts run meanwhile) cannot take less wall time
+        # than spread over every CPU.
+        cpu_s = statistics.median(LOAD[f"{prefix}all-{'mitogen-' if mitogen else ''}{run}"]["machine_s"]
+                                  for run in range(args.repeat))
+        cpus = os.cpu_count() or 1
+        print(f"CPU floor: the {args.hosts}-host converge kept the machine busy for {cpu_s:.0f} CPU s "
+              f"({cpu_s / args.hosts:.0f} per host); on {cpus} CPUs no such run takes less than "
+              f"{cpu_s / cpus:.0f} s (ratio >= {cpu_s / cpus / t1:.2f}); {args.hosts} hosts within "
+              f"1.5 x 1 host need >= {cpu_s / (1.5 * t1):.1f} CPUs at this cost per host")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hosts", type=int, default=8)
@@ -212,6 +271,9 @@ def main() -> None:
                         help="one more converge of one host, untimed, printing its slowest roles and tasks")
     parser.add_argument("--mitogen", action="store_true",
                         help="each timed run also with Mitogen's strategy (mitogen_linear), figures side by side")
+    parser.add_argument("--whole", action="store_true",
+                        help="the same runs again with -e host_state_enabled=false (every role on every host), "
+                             "figures side by side with the unchanged hosts' one-call check")
     parser.add_argument("--connection", choices=["docker", "ssh"], default="docker",
                         help="how Ansible reaches the lab hosts: docker exec (the lab's way) or SSH (a fleet's way; "
                              "installs openssh-server in each lab host)")
@@ -236,55 +298,12 @@ def main() -> None:
             first, _, _ = converge(hosts_file, reports, "first")
             print(f"{args.hosts} new lab hosts created and converged in {time.monotonic() - start:.0f} s "
                   f"(site.yml {first:.0f} s, first benchmark included)")
-            modes = [False, True] if args.mitogen else [False]
-            # "one" is 1 host, "all" every host made; sizes between are "<n>" (the first n hosts).
-            runs = [("one" if n == 1 else "all" if n == args.hosts else str(n),
-                     None if n == args.hosts else ",".join(names[:n]), n) for n in sizes]
-            walls: dict[tuple[bool, str], list[float]] = {(m, label): [] for m in modes for label, _, _ in runs}
-            for i in range(args.repeat):
-                # Strategies take turns going first, so neither always runs on a machine the other just warmed.
-                for mitogen in modes if i % 2 == 0 else modes[::-1]:
-                    for label, limit, _ in runs:
-                        run_id = f"{label}-{'mitogen-' if mitogen else ''}{i}"
-                        wall, recap, _ = converge(hosts_file, reports, run_id, limit, mitogen=mitogen)
-                        changed = {h: r["changed"] for h, r in recap.items() if r["changed"]}
-                        benchmarked = measured(reports, run_id)
-                        print(f"  {label:>3} run {i + 1}{' (mitogen)' if mitogen else ''}: {wall:6.1f} s, "
-                              f"changed {changed or 0}, benchmark traffic "
-                              f"{'on ' + ', '.join(benchmarked) if benchmarked else 'none'}; "
-                              f"machine CPU {LOAD[run_id]['busy']:.0%} busy, control node "
-                              f"{LOAD[run_id]['controller_s']:.0f} CPU s (main process "
-                              f"{LOAD[run_id]['main_s']:.1f})")
-                        walls[(mitogen, label)].append(wall)
-            for mitogen in modes:
-                tag = "mitogen-" if mitogen else ""
-                per_host = {label: statistics.median(LOAD[f"{label}-{tag}{run}"]["controller_s"]
-                                                     for run in range(args.repeat)) / n for label, _, n in runs}
-                main_per_host = {label: statistics.median(LOAD[f"{label}-{tag}{run}"]["main_s"]
-                                                          for run in range(args.repeat)) / n for label, _, n in runs}
-                print(f"\ncontrol node CPU per host, {'mitogen_linear' if mitogen else 'linear'}, median of "
-                      f"{args.repeat}: " + "; ".join(
-                          f"{n} host{'s' if n > 1 else ''} {per_host[label]:.1f} CPU s, of which the main process "
-                          f"{main_per_host[label]:.1f} ({statistics.median(walls[(mitogen, label)]):.1f} s wall)"
-                          for label, _, n in runs))
-                if 1 not in sizes:
-                    continue
-                t1, tn = statistics.median(walls[(mitogen, "one")]), statistics.median(walls[(mitogen, "all")])
-                strategy = "mitogen_linear" if mitogen else "linear (ansible.cfg)"
-                print(f"\nidempotent converge, {strategy}, median of {args.repeat}: 1 host {t1:.1f} s; "
-                      f"{args.hosts} hosts {tn:.1f} s; ratio {tn / t1:.2f}")
-                print(f"goals: 1 host <= 20 s: {'met' if t1 <= 20 else 'NOT met'}; {args.hosts} hosts <= 1.5 x 1 host: "
-                      f"{'met' if tn <= 1.5 * t1 else 'NOT met'}")
-                # The floor the machine's CPUs set: the busy CPU seconds of the fleet's converge (control node, docker
-                # exec, the modules in every lab host, and what the hosts run meanwhile) cannot take less wall time
-                # than spread over every CPU.
-                cpu_s = statistics.median(LOAD[f"all-{'mitogen-' if mitogen else ''}{run}"]["machine_s"]
-                                          for run in range(args.repeat))
-                cpus = os.cpu_count() or 1
-                print(f"CPU floor: the {args.hosts}-host converge kept the machine busy for {cpu_s:.0f} CPU s "
-                      f"({cpu_s / args.hosts:.0f} per host); on {cpus} CPUs no such run takes less than "
-                      f"{cpu_s / cpus:.0f} s (ratio >= {cpu_s / cpus / t1:.2f}); {args.hosts} hosts within "
-                      f"1.5 x 1 host need >= {cpu_s / (1.5 * t1):.1f} CPUs at this cost per host")
+            # The unchanged hosts' fast path first: a whole run (host_state_enabled=false) records nothing and takes
+            # the lock, so every check after it finds "another run since" and runs whole once.
+            for whole in [False, True] if args.whole else [False]:
+                print("\nwhole runs (-e host_state_enabled=false): every role on every host" if whole else
+                      "\nsite.yml as it is: each unchanged host checked in one call (roles/host_state)")
+                series(args, hosts_file, reports, names, sizes, whole)
             print(f"levers: {levers()}; connection: {args.connection}; machine: {os.cpu_count()} CPUs, shared by the "
                   f"control node and every lab host (a real fleet gives each host its own)")
             if args.profile:

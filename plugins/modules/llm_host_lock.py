@@ -50,6 +50,9 @@ description:
     I(break_lock) takes over any holder. Otherwise the task fails, naming the holder and what to do.
   - A takeover replaces the lock (a temporary file renamed over it) only if the lock still holds the record that was
     judged (compare-and-swap under the guard's exclusive C(flock)), and warns, naming the previous holder.
+  - Each lock taken (or taken over) is also copied to C(<path>.last), which its release leaves, so the record of the
+    last run that took the lock stays for M(llm_endpoints.core.llm_host_state) to compare with its own record and
+    tell whether another run came since.
   - I(state=absent) removes the lock only when this run holds it; a lock of another run is left alone.
   - The lock is run bookkeeping, not managed state, so the task never reports C(changed). In check mode nothing is
     written (not even the guard file); I(state=present) still fails for a live holder of another run, and a
@@ -184,6 +187,12 @@ def check_directory(dir_fd: int, directory: str) -> None:
                         f"another user could create, replace or hold the lock's files. Make it writable by its owner "
                         f"only (chmod go-w {directory}) or set host_lock_path to a file in a directory only root can "
                         f"write")
+
+
+def last_name(name: str) -> str:
+    """The copy of the last lock taken, kept after its release: llm_host_state reads whether a run came since its
+    record."""
+    return f"{name}.last"
 
 
 def guard_name(name: str) -> str:
@@ -363,6 +372,7 @@ def acquire(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
             assert dir_fd is not None
             data = new_record(holder, params["label"])
             create_lock(dir_fd, name, data)
+            replace_lock(dir_fd, last_name(name), data)
             return {"status": "acquired", "lock": json.loads(data), "msg": f"{path} taken"}
         record, digest = found
         if same_run(record, holder):
@@ -374,6 +384,7 @@ def acquire(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
         assert dir_fd is not None
         data = new_record(holder, params["label"])
         replace_lock(dir_fd, name, data)
+        replace_lock(dir_fd, last_name(name), data)
         return {"status": "taken_over", "lock": json.loads(data), **foreign, "msg": f"{path} taken over"}
 
 

@@ -47,6 +47,7 @@ def test_artifact_holds_the_collection_and_leaves_out_the_test_tree(installed: t
     assert manifest["collection_info"]["name"] == "core"
     for present in ("playbooks/site.yml", "playbooks/verify.yml", "playbooks/rollout.yml",
                     "roles/llm_rollout/tasks/main.yml", "roles/host_lock/tasks/main.yml",
+                    "playbooks/host_state.yml", "roles/host_state/tasks/record.yml", "plugins/action/llm_host_state.py",
                     "roles/llm_stack/tasks/render.yml",
                     "roles/llm_defaults/defaults/main.yml", "plugins/modules/llm_smoke.py",
                     "plugins/module_utils/openai_client.py", "plugins/filter/nvidia_smi.py", "meta/runtime.yml",
@@ -71,7 +72,8 @@ def test_site_playbook_imports_from_the_installed_collection(installed: tuple[Pa
     run = subprocess.run([str(PLAYBOOK), "-i", str(tmp_path / "hosts.yml"), "--list-tasks", str(tmp_path / "site.yml")],
                          capture_output=True, text=True, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
-    for task in ("llm_endpoints.core.preflight : NVIDIA GPUs on the PCI bus are listed",
+    for task in ("llm_endpoints.core.host_state : The host is compared with its last successful run (one call)",
+                 "llm_endpoints.core.preflight : NVIDIA GPUs on the PCI bus are listed",
                  "Model is served",
                  "llm_endpoints.core.llm_report : Host reports and the fleet summary are written"):
         assert task in run.stdout, run.stdout[-3000:]

@@ -183,8 +183,8 @@ def test_release_is_current_known_good_and_records_its_images_and_benchmark(host
 
 
 def test_the_second_run_sent_no_benchmark_and_reported_the_last_figures(host: Host) -> None:
-    # The newest report is the idempotence run's (check mode writes none): release unchanged, benchmark not run,
-    # the figures of the converge's benchmark shown instead.
+    # The newest report is side_effect.yml's repair run's (check mode writes none; the idempotence run found the host
+    # unchanged and wrote none): release unchanged, benchmark not run, the converge's figures shown instead.
     runs = sorted(Path(os.environ["LLM_REPORT_DIR"]).iterdir())
     assert len(runs) >= 2
     first = json.loads((runs[0] / "molecule-bookworm.json").read_text())

@@ -116,6 +116,18 @@ def test_directories_made_are_0700_and_the_files_0600_and_roots(base: Path) -> N
     assert json.loads(lock.read_text())["label"] == "unit test"
 
 
+def test_the_last_lock_taken_stays_after_its_release(base: Path) -> None:
+    lock = base / "locks" / "run.lock"
+    taken = mod.acquire(params(lock), check_mode=False)["lock"]
+    last = lock.parent / "run.lock.last"
+    assert json.loads(last.read_text()) == taken and mode_of(last) == 0o600
+    assert mod.release(params(lock, state="absent"), check_mode=False)["status"] == "released"
+    assert not lock.exists() and json.loads(last.read_text()) == taken
+    # Check mode takes nothing, so leaves the last record as it was.
+    assert mod.acquire(params(lock), check_mode=True)["status"] == "free"
+    assert json.loads(last.read_text()) == taken
+
+
 def test_check_mode_makes_no_guard(base: Path) -> None:
     (base / "locks").mkdir(mode=0o700)
     assert mod.acquire(params(base / "locks" / "run.lock"), check_mode=True)["status"] == "free"
