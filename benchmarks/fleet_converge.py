@@ -165,7 +165,7 @@ def run_sampled(command: list[str], run_env: dict[str, str]) -> tuple[int, str, 
 
 
 def converge(hosts_file: Path, reports: Path, run_id: str, limit: str | None = None,
-             profile: bool = False, mitogen: bool = False) -> tuple[float, dict, str]:
+             profile: bool = False, mitogen: bool = False, whole: bool = False) -> tuple[float, dict, str]:
     """Wall seconds, {host: changed, failed} from the recap, and what follows the recap (the profiling callbacks'
     summaries with --profile, else empty)."""
     if mitogen:
@@ -173,6 +173,7 @@ def converge(hosts_file: Path, reports: Path, run_id: str, limit: str | None = N
     command = [str(BIN / "ansible-playbook"), "-i", str(hosts_file), str(ROOT / "site.yml"),
                "-e", f"@{hosts_file.parent / 'bench-vars.yml'}", "-e", f"llm_report_run_id={run_id}"]
     command += ["--limit", limit] if limit else []
+    command += ["-e", "host_state_enabled=false"] if whole else []
     extra = {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_roles,ansible.posix.profile_tasks",
              "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "15"} if profile else {}
     extra |= mitogen_env() if mitogen else {}

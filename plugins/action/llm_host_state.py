@@ -24,12 +24,13 @@ PREFIXES = ("llm_", "preflight_", "nvidia_", "cuda_", "container_engine_", "vend
             "front_door_", "limits_store_", "host_lock_", "host_state_", "vault_")
 # Facts a run sets that an unchanged host's check sets again from its record (roles/host_state/vars/main.yml).
 RESTORED = ("preflight_gpu_mode", "preflight_nvidia_gpus", "preflight_nvidia_driver_requirements",
-            "preflight_secure_boot")
+            "preflight_secure_boot", "monitoring_urls")
 # Per-run values and the control node's own places (where it runs from, where reports go), not desired state; and
 # the restored facts, which other hosts' checks may have set by now.
 PER_RUN = frozenset(("llm_run_id", "llm_report_run_id", "llm_rollout_run_id", "llm_rollout_run", "host_lock_label",
                      "host_lock_hold", "host_lock_break", "llm_rollout_serial", "llm_rollout_max_fail_percentage",
-                     "llm_project_dir", "llm_report_dir", *RESTORED))
+                     "llm_project_dir", "llm_report_dir", "host_state_enabled", "host_state_max_age_s",
+                     "host_state_path", *RESTORED))
 # Facts the roles decide by (distribution files, kernel headers, thread counts). Addresses count through the
 # settings made of them (the bind addresses): every Docker network adds one to the host's list.
 FACTS = ("distribution", "distribution_version", "distribution_major_version", "os_family", "kernel",
@@ -39,6 +40,7 @@ GROUPS = ("llm_edge", "llm_monitoring")
 # The collection's code that a run deploys or runs (not its tests, docs or caches).
 CODE = ("roles", "plugins", "playbooks", "apps", "templates", "galaxy.yml", "meta")
 SKIPPED = ("__pycache__", "tests", ".pytest_cache")
+SKIPPED_SUFFIXES = (".pyc", ".md")
 CONTROLLER_FILE_HASHED_BYTES = 16 * 1024 * 1024
 HOST_SIDE = ("host_state_", "host_lock_")
 
@@ -52,7 +54,7 @@ def code_digest(root: Path = _ROOT) -> str:
         base = root / top
         paths = [base] if base.is_file() else sorted(
             p for p in base.rglob("*") if p.is_file() and not any(part in SKIPPED for part in p.relative_to(root).parts)
-            and p.suffix != ".pyc")
+            and p.suffix not in SKIPPED_SUFFIXES)
         for path in paths:
             digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
@@ -76,9 +78,13 @@ def controller_files(value: Any, found: dict[str, str]) -> None:
             return
         if info.st_size > CONTROLLER_FILE_HASHED_BYTES:
             found[value] = f"size={info.st_size} mtime_ns={info.st_mtime_ns}"
-        else:
+            return
+        try:
             with open(value, "rb") as handle:
                 found[value] = hashlib.sha256(handle.read()).hexdigest()
+        except OSError as exc:
+            # Not readable here (a host path that the control node has too, root-only): known by its metadata.
+            found[value] = f"unreadable {type(exc).__name__} size={info.st_size} mtime_ns={info.st_mtime_ns}"
 
 
 def host_part(templar: Any, variables: Any, names: list[str]) -> dict[str, Any]:
@@ -94,6 +100,14 @@ def host_part(templar: Any, variables: Any, names: list[str]) -> dict[str, Any]:
             values[name] = f"<not templated: {type(exc).__name__}>"
     facts = variables.get("ansible_facts") or {}
     return {"vars": values, "facts": {key: facts.get(key) for key in FACTS}}
+
+
+def _reached_at(variables: Any) -> list[Any]:
+    """Where a front door or Prometheus reaches a served host: its inventory address and its default IPv4 address
+    (its role defaults, the bind addresses made of them, are not in another host's variables)."""
+    facts = variables.get("ansible_facts") or {}
+    return [variables.get("ansible_host"), variables.get("monitoring_scrape_address"),
+            (facts.get("default_ipv4") or {}).get("address")]
 
 
 def _controller_side(values: dict[str, Any]) -> dict[str, Any]:
@@ -115,7 +129,8 @@ def desired_digest(templar: Any, task_vars: dict[str, Any]) -> str:
     # hosts count too.
     if any(host in groups.get(name, []) for name in GROUPS):
         hostvars = task_vars.get("hostvars") or {}
-        doc["peers"] = {peer: host_part(templar, hostvars[peer], list(hostvars[peer].keys()))
+        doc["peers"] = {peer: {**host_part(templar, hostvars[peer], list(hostvars[peer].keys())),
+                               "reached_at": _reached_at(hostvars[peer])}
                         for peer in sorted(task_vars.get("ansible_play_hosts_all") or []) if peer != host}
     files: dict[str, str] = {}
     controller_files([_controller_side(doc["host"]["vars"]),
@@ -135,7 +150,14 @@ class ActionModule(ActionBase):
             if args.get("state", "check") != "check":
                 return {**result, "failed": True, "msg": "llm_host_state: state=record needs the digest its check "
                                                          "computed (digest)"}
-            args["digest"] = desired_digest(self._templar, task_vars)
+            try:
+                args["digest"] = desired_digest(self._templar, task_vars)
+            except Exception as exc:  # noqa: BLE001 (any failure means "not known unchanged", never a failed host)
+                # The host runs every role (no record has this digest); the error's text could quote a value.
+                result.setdefault("warnings", []).append(
+                    f"llm_host_state: the desired state could not be read ({type(exc).__name__}): the host runs "
+                    f"every role")
+                args["digest"] = "undetermined"
         result.update(self._execute_module(module_name="llm_endpoints.core.llm_host_state", module_args=args,
                                            task_vars=task_vars))
         return result

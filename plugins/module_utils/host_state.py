@@ -64,9 +64,15 @@ def observe_files(roots: list[str]) -> dict[str, str]:
             found[root] = "absent"
             continue
         found[root] = _signature(root, info)
-        if not stat.S_ISDIR(info.st_mode):
+        walked = root
+        if stat.S_ISLNK(info.st_mode):
+            # A root that is a link (the stack's directory on another disk): what it points to is walked.
+            walked = os.path.realpath(root)
+            if not os.path.isdir(walked):
+                continue
+        elif not stat.S_ISDIR(info.st_mode):
             continue
-        for directory, dirs, files in os.walk(root):
+        for directory, dirs, files in os.walk(walked):
             dirs[:] = sorted(d for d in dirs if d not in _SKIPPED_NAMES)
             for name in sorted(dirs) + sorted(files):
                 path = os.path.join(directory, name)

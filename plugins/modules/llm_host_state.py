@@ -37,10 +37,13 @@ description:
   - I(state=check) compares the host with its record and says whether it is unchanged, without changing anything.
     It is unchanged when the digest equals I(digest), the record is at most I(max_age_s) old, no run lock is held,
     the last lock taken (C(<lock_path>.last), kept by M(llm_endpoints.core.llm_host_lock)) is the recorded run's, and
-    a new observation (of what the record lists) equals the recorded one, with every URL answering. Otherwise
+    a new observation of what the record lists is the same (every recorded file, package and OS detail equal, every
+    recorded container there and running with the same configuration and image, every URL answering). Otherwise
     I(reasons) says what differs (at most 20 lines, naming paths, packages and containers, never content).
-  - An unchanged host's recorded I(facts) come back as facts, so later plays that read them (the monitoring host's
-    scrape configuration) need no other call.
+  - An unchanged host's recorded I(facts) come back in I(restored), for the role to set again, so later plays that
+    read them (the monitoring host's scrape configuration) need no other call.
+  - A record that cannot be written (a service not answering, more files than 20,000) fails nothing, with a warning;
+    the next run applies every role.
   - Neither state reports C(changed), as the record is run bookkeeping, like the run lock. In check mode nothing is
     written.
 options:
@@ -54,9 +57,10 @@ options:
     type: str
     default: /var/lib/llm-endpoints/state.json
   digest:
-    description: The desired state's digest (the action plugin computes it when not given).
+    description:
+      - The desired state's digest. At I(state=check) the action plugin computes it when it is not given; a record
+        keeps the digest its run's check computed.
     type: str
-    required: true
   max_age_s:
     description: A record older than this many seconds is not trusted (0 to 2592000; 0 trusts none).
     type: int
@@ -117,6 +121,10 @@ EXAMPLES = r"""
 """
 
 RETURN = r"""
+restored:
+  description: The recorded facts, for the role to set again (state=check, unchanged host); empty otherwise.
+  returned: always
+  type: dict
 unchanged:
   description: Whether the host equals its record (state=check); false at state=record.
   returned: always
@@ -138,6 +146,10 @@ recorded_at:
 
 
 OBSERVATION_ERRORS = (OSError, ValueError, RuntimeError, subprocess.SubprocessError)
+
+
+class NotRecorded(Exception):
+    """What the record could not observe as a successful run left it (a service not answering)."""
 
 
 def problems(params: dict[str, Any]) -> list[str]:
@@ -185,7 +197,7 @@ def record(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
     observed = observe(spec)
     failing = [f"{url} does not answer: {answer}" for url, answer in observed["health"].items() if answer != "ok"]
     if failing:
-        raise ValueError("not recorded: " + "; ".join(failing))
+        raise NotRecorded("; ".join(failing))
     now = time.time()
     doc = {"format": FORMAT, "digest": params["digest"], "recorded_epoch": int(now),
            "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
@@ -210,6 +222,14 @@ def last_lock(lock_path: str) -> dict[str, Any] | None:
 
 def check(params: dict[str, Any]) -> dict[str, Any]:
     try:
+        return compare(params)
+    except Exception as exc:  # noqa: BLE001 (a record it cannot judge means "changed", never a failed host)
+        return {"unchanged": False, "reasons": [f"the record could not be judged ({type(exc).__name__}: {exc})"],
+                "recorded_at": ""}
+
+
+def compare(params: dict[str, Any]) -> dict[str, Any]:
+    try:
         doc = read_json(params["path"])
     except (OSError, ValueError) as exc:
         return {"unchanged": False, "reasons": [f"the record could not be read: {exc}"], "recorded_at": ""}
@@ -219,9 +239,11 @@ def check(params: dict[str, Any]) -> dict[str, Any]:
     reasons = []
     if doc.get("digest") != params["digest"]:
         reasons.append("the desired state changed (inventory, variables, collection or facts)")
-    age = time.time() - float(doc.get("recorded_epoch", 0))
+    age = time.time() - float(doc.get("recorded_epoch") or 0)
     if age > params["max_age_s"]:
         reasons.append(f"the record is {int(age)} s old, more than max_age_s {params['max_age_s']}")
+    elif age < -60:
+        reasons.append("the record is dated in the future (the host's clock moved back)")
     lock_path = str(doc.get("lock_path") or "")
     if lock_path and os.path.lexists(lock_path):
         reasons.append(f"a run lock is held ({lock_path})")
@@ -236,8 +258,7 @@ def check(params: dict[str, Any]) -> dict[str, Any]:
     result = {"unchanged": not reasons, "recorded_at": at,
               "reasons": reasons[:REASONS_SHOWN] + ([f"and {len(reasons) - REASONS_SHOWN} more"]
                                                     if len(reasons) > REASONS_SHOWN else [])}
-    if not reasons:
-        result["ansible_facts"] = doc.get("facts", {})
+    result["restored"] = doc.get("facts", {}) if not reasons else {}
     return result
 
 
@@ -246,7 +267,7 @@ def main() -> None:
         argument_spec={
             "state": {"type": "str", "choices": ["check", "record"], "default": "check"},
             "path": {"type": "str", "default": "/var/lib/llm-endpoints/state.json"},
-            "digest": {"type": "str", "required": True},
+            "digest": {"type": "str", "default": ""},
             "max_age_s": {"type": "int", "default": 86400},
             "lock_path": {"type": "str", "default": ""},
             "files": {"type": "list", "elements": "str", "default": []},
@@ -263,8 +284,10 @@ def main() -> None:
     recording = module.params["state"] == "record"
     try:
         outcome = record(module.params, module.check_mode) if recording else check(module.params)
-    except OBSERVATION_ERRORS as exc:
-        module.fail_json(msg=f"host state {module.params['path']}: {exc}", changed=False)
+    except (NotRecorded, *OBSERVATION_ERRORS) as exc:
+        # The run itself succeeded: no record only means the next run applies every role (its lock differs).
+        module.warn(f"host state {module.params['path']} not recorded: {exc}; the next run applies every role")
+        outcome = {"unchanged": False, "reasons": [], "recorded_at": "", "restored": {}, "msg": "not recorded"}
     module.exit_json(changed=False, digest=module.params["digest"], **outcome)
 
 

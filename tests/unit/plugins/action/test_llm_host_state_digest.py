@@ -82,6 +82,10 @@ def test_a_front_door_covers_the_hosts_it_serves() -> None:
     assert digest(**edge, hostvars=hostvars) != before
     # A serving host does not: its own services do not read the others'.
     assert digest(hostvars=hostvars) == digest()
+    # Nor do the served host's address and the place it is scraped at, which its role defaults are made of.
+    moved = {"gpu-2": {**BASE["hostvars"]["gpu-2"], "ansible_facts": {"default_ipv4": {"address": "10.0.0.7"}}}}
+    assert digest(**edge, hostvars=moved) != before
+    assert digest(**edge, hostvars={"gpu-2": {**BASE["hostvars"]["gpu-2"], "ansible_host": "gpu-2.lan"}}) != before
 
 
 def test_the_code_digest_covers_code_not_tests_or_caches(tmp_path: Path) -> None:
@@ -90,8 +94,10 @@ def test_the_code_digest_covers_code_not_tests_or_caches(tmp_path: Path) -> None
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text("1\n")
     before = plugin.code_digest(tmp_path)
+    (tmp_path / "roles/x/README.md").write_text("1\n")
+    before = plugin.code_digest(tmp_path)
     for path in ("roles/x/tests/test.yml", "plugins/modules/__pycache__/m.cpython-311.pyc",
-                 "apps/backend/tests/test_app.py", "README.md"):
+                 "apps/backend/tests/test_app.py", "README.md", "roles/x/README.md"):
         (tmp_path / path).write_text("2\n")
         assert plugin.code_digest(tmp_path) == before, path
     (tmp_path / "plugins/modules/m.py").write_text("2\n")

@@ -8,6 +8,7 @@ import http.server
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def test_a_record_then_an_unchanged_host(host: dict[str, Any], server: str) -> N
     assert doc["lock"]["pid"] == 1
     result = check(host, server)
     assert result == {"unchanged": True, "reasons": [], "recorded_at": doc["recorded_at"],
-                      "ansible_facts": {"preflight_gpu_mode": "none"}}
+                      "restored": {"preflight_gpu_mode": "none"}}
 
 
 @pytest.mark.parametrize(("drift", "reason"), [
@@ -120,7 +121,7 @@ def test_drift_is_named(host: dict[str, Any], server: str, drift: Any, reason: s
     recorded(host, server)
     drift(host)
     result = check(host, server)
-    assert not result["unchanged"] and "ansible_facts" not in result
+    assert not result["unchanged"] and result["restored"] == {}
     assert reason.format(stack=host["stack"], lock=host["lock"]) in result["reasons"], result["reasons"]
 
 
@@ -145,7 +146,7 @@ def test_a_service_not_answering(host: dict[str, Any], server: str) -> None:
 
 def test_a_record_is_not_written_while_a_service_does_not_answer(host: dict[str, Any], server: str) -> None:
     Answer.status = 500
-    with pytest.raises(ValueError, match="not recorded: .* does not answer: status 500"):
+    with pytest.raises(mod.NotRecorded, match=".* does not answer: status 500"):
         mod.record(params(host, server), check_mode=False)
     assert not host["record"].exists()
 
@@ -244,3 +245,25 @@ def test_this_machines_own_package_database_is_read() -> None:
                              check=True).stdout
     assert packages["bash"] == version
     assert hs.observe_packages(["bas?"], packages) == {"bash": version}
+
+
+@pytest.mark.parametrize(("doc", "says"), [
+    ({"format": 1, "digest": "d1", "recorded_epoch": None}, "s old, more than max_age_s"),
+    ({"format": 1, "digest": "d1", "recorded_epoch": "now", "observed": [], "spec": []}, "could not be judged"),
+    ({"format": 1, "digest": "d1", "recorded_epoch": 4102444800, "observed": {}, "spec": {}}, "dated in the future"),
+], ids=["no-date", "malformed", "future"])
+def test_a_record_that_cannot_be_trusted_means_changed(host: dict[str, Any], server: str, doc: dict, says: str) -> None:
+    host["record"].write_text(json.dumps({**doc, "recorded_epoch": int(time.time())} if doc["recorded_epoch"] == "now"
+                                         else doc))
+    reasons = check(host, server)["reasons"]
+    assert any(says in reason for reason in reasons), reasons
+
+
+def test_a_root_that_is_a_link_is_walked(tmp_path: Path) -> None:
+    (tmp_path / "disk" / "stack").mkdir(parents=True)
+    (tmp_path / "disk" / "stack" / "docker-compose.yml").write_text("services: {}\n")
+    (tmp_path / "opt").mkdir()
+    (tmp_path / "opt" / "llm-stack").symlink_to(tmp_path / "disk" / "stack")
+    found = hs.observe_files([str(tmp_path / "opt" / "llm-stack")])
+    assert found[str(tmp_path / "opt" / "llm-stack")].startswith("link ")
+    assert str(tmp_path / "disk" / "stack" / "docker-compose.yml") in found
