@@ -17,6 +17,8 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from ansible_collections.llm_endpoints.core.plugins.module_utils.host_paths import NotRegularFile, read_regular
+
 FORMAT = 1
 DEFAULT_PATH = "/var/lib/llm-endpoints/state.json"
 # Files larger than this are known by size and modification time, not hashed (model weights: GBs).
@@ -182,20 +184,14 @@ def health(urls: list[str]) -> dict[str, str]:
 
 
 def read_json(path: str) -> Any:
-    """A JSON file's content, read without following a link; None when there is none."""
+    """A JSON file's content, read without following a link or waiting on a FIFO; None when there is none."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        raw, _ = read_regular(path)
     except FileNotFoundError:
         return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"{path} is not a regular file")
-        chunks = []
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-    finally:
-        os.close(fd)
-    return json.loads(b"".join(chunks).decode("utf-8"))
+    except NotRegularFile as exc:
+        raise ValueError(f"{path} is {exc.kind}, not a regular file") from exc
+    return json.loads(raw.decode("utf-8"))
 
 
 def lock_stamp(record: Any) -> dict[str, Any] | None:

@@ -279,8 +279,9 @@ def main() -> None:
         },
         supports_check_mode=True,
     )
-    if problems(module.params):
-        module.fail_json(msg="; ".join(problems(module.params)))
+    bad = problems(module.params)
+    if bad:
+        module.fail_json(msg="; ".join(bad))
     recording = module.params["state"] == "record"
     try:
         outcome = record(module.params, module.check_mode) if recording else check(module.params)
