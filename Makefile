@@ -11,7 +11,7 @@ export LLM_CACHE_DIR := $(CACHE)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv images lab-images lab lab-down test lint syntax promtool haproxy redis unit molecule bench bench-fleet collection lock clean
+.PHONY: help venv images lab-images lab lab-down test lint syntax promtool haproxy redis unit molecule bench bench-fleet collection ee lock clean
 
 help:
 	@echo "make lab       create/reuse the local lab host and run site.yml against it"
@@ -20,6 +20,7 @@ help:
 	@echo "make bench     benchmarks that print figures (fidelity, client capacity, gateway and front door overhead)"
 	@echo "make bench-fleet  idempotent converge on 1, 4 and 8 lab hosts, unchanged hosts' check and whole runs, linear and Mitogen: wall times, control node CPU per host, slowest roles (~40 min)"
 	@echo "make collection  build the collection artifact llm_endpoints.core into .cache/dist"
+	@echo "make ee        build the execution environment local/llm-endpoints-ee:latest (ansible-builder; AWX, ansible-runner)"
 
 # The pinned set is installed by uv (PyPI), which fetches and unpacks side by side: 40-60 s on a fresh machine where
 # pip took 100. Byte-compiled at install: where PYTHONDONTWRITEBYTECODE is set, no Ansible process would cache it.
@@ -107,6 +108,11 @@ bench-fleet: lab-images
 
 collection: venv
 	$(BIN)/ansible-galaxy collection build --force --output-path $(CACHE)/dist .
+
+# The execution environment of execution-environment.yml (scripts/build-ee.sh says what goes in), on the local Debian
+# 12 base image: no registry.
+ee: venv lab-images
+	scripts/build-ee.sh
 
 lock:
 	rm -rf /tmp/llm-lock-venv && $(PYTHON) -m venv /tmp/llm-lock-venv

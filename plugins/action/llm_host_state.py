@@ -9,12 +9,14 @@ leaves this process: the templated values (secrets among them) are never in the 
 """
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
+import yaml
 from ansible import __version__ as ansible_version
 from ansible.errors import AnsibleError
 from ansible.plugins.action import ActionBase
@@ -37,10 +39,14 @@ FACTS = ("distribution", "distribution_version", "distribution_major_version", "
          "architecture", "processor_vcpus", "virtualization_type")
 # Groups whose members change a host's services (the bind address behind a front door, the exporters).
 GROUPS = ("llm_edge", "llm_monitoring")
-# The collection's code that a run deploys or runs (not its tests, docs or caches).
-CODE = ("roles", "plugins", "playbooks", "apps", "templates", "galaxy.yml", "meta")
+# The collection's code that a run deploys or runs (not its tests, docs or caches), and what its artifact leaves out
+# (galaxy.yml's build_ignore: lab-only playbooks and templates): a checkout and the artifact built from it, installed in
+# an execution environment, give the same digest.
+CODE = ("roles", "plugins", "playbooks", "apps", "templates", "meta")
 SKIPPED = ("__pycache__", "tests", ".pytest_cache")
 SKIPPED_SUFFIXES = (".pyc", ".md")
+# The collection's identity and dependencies: galaxy.yml in a checkout, MANIFEST.json in an installed artifact.
+METADATA = ("namespace", "name", "version", "dependencies")
 CONTROLLER_FILE_HASHED_BYTES = 16 * 1024 * 1024
 HOST_SIDE = ("host_state_", "host_lock_")
 
@@ -48,16 +54,30 @@ _ROOT = Path(__file__).resolve().parents[2]
 
 
 def code_digest(root: Path = _ROOT) -> str:
-    """sha256 over the collection's code: each file's path and content, in a stable order."""
-    digest = hashlib.sha256()
+    """sha256 over the collection's metadata and code: each file's path and content, in a stable order."""
+    galaxy = root / "galaxy.yml"
+    if galaxy.is_file():
+        info = yaml.safe_load(galaxy.read_text()) or {}
+    else:
+        manifest = root / "MANIFEST.json"
+        info = json.loads(manifest.read_text()).get("collection_info", {}) if manifest.is_file() else {}
+    ignored = tuple(info.get("build_ignore") or ()) if galaxy.is_file() else ()
+    digest = hashlib.sha256(json.dumps({key: info.get(key) for key in METADATA}, sort_keys=True).encode() + b"\0")
     for top in CODE:
         base = root / top
         paths = [base] if base.is_file() else sorted(
             p for p in base.rglob("*") if p.is_file() and not any(part in SKIPPED for part in p.relative_to(root).parts)
-            and p.suffix not in SKIPPED_SUFFIXES)
+            and p.suffix not in SKIPPED_SUFFIXES and not _ignored(p.relative_to(root), ignored))
         for path in paths:
             digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
+
+
+def _ignored(relative: Path, patterns: tuple[str, ...]) -> bool:
+    """Left out of the artifact: a pattern matches the path or a folder above it (as ansible-galaxy build matches)."""
+    parts = relative.parts
+    return any(fnmatch.fnmatch("/".join(parts[:end]), pattern)
+               for pattern in patterns for end in range(1, len(parts) + 1))
 
 
 def controller_files(value: Any, found: dict[str, str]) -> None:

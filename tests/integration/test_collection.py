@@ -2,7 +2,9 @@
 and playbooks run from the installed artifact (not from this checkout) against a real llama.cpp server."""
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -58,8 +60,25 @@ def test_artifact_holds_the_collection_and_leaves_out_the_test_tree(installed: t
         assert present in names, present
     for left_out in ("molecule", "tests", "apps/backend/tests", "apps/frontend/tests", "conftest.py", "inventory",
                      "scripts", ".collection", ".venv", ".cache", ".ansible",
-                     "playbooks/lab_host.yml", "playbooks/lab_summary.yml", "site.yml", "templates", "docs"):
+                     "playbooks/lab_host.yml", "playbooks/lab_summary.yml", "site.yml", "templates", "docs",
+                     "execution-environment.yml", "ee"):
         assert not any(n == left_out or n.startswith(left_out + "/") for n in names), f"{left_out} is in the artifact"
+
+
+def test_the_installed_artifact_has_the_checkouts_code_digest(installed: tuple[Path, Path], tmp_path: Path) -> None:
+    # An unchanged host stays unchanged whether a run comes from the checkout or from the artifact (an execution
+    # environment's): the digest covers what the artifact ships, and the collection's metadata from either file.
+    _, collections = installed
+    spec = importlib.util.spec_from_file_location("digest", ROOT / "plugins/action/llm_host_state.py")
+    plugin = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
+    spec.loader.exec_module(plugin)  # type: ignore[union-attr]
+    core = collections / "ansible_collections/llm_endpoints/core"
+    assert not (core / "galaxy.yml").exists() and not (core / "playbooks/lab_host.yml").exists()
+    assert plugin.code_digest(core) == plugin.code_digest(ROOT)
+    # A change to shipped code shows (in a copy: the other tests run the installed one).
+    changed = shutil.copytree(core, tmp_path / "core")
+    (changed / "roles/llm_stack/tasks/render.yml").write_text("---\n")
+    assert plugin.code_digest(changed) != plugin.code_digest(ROOT)
 
 
 def test_site_playbook_imports_from_the_installed_collection(installed: tuple[Path, Path], tmp_path: Path) -> None:
