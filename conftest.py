@@ -30,7 +30,7 @@ def engine() -> Iterator[Engine]:
 # xdist documents for custom grouping (LoadScopeScheduling._split_scope).
 ENGINE_FILES = {"test_chat_ui.py", "test_backend_live.py", "test_checks.py", "test_collection.py", "test_doctor.py"}
 SERIAL_FILES = {"test_stage_vllm.py", "test_check_inputs.py", "test_front_door.py", "test_shared_limits.py",
-                "test_limits_store.py", "test_input_checks.py"}
+                "test_limits_store.py", "test_input_checks.py", "test_container_engine_inputs.py"}
 BATCHES = {("test_render_stack.py", "test_bad_inputs_fail_before_any_change"),
            ("test_apps.py", "test_bad_inputs_fail_before_anything_is_written"),
            ("test_rules.py", "test_a_bad_input_is_refused_by_name_before_anything_is_written")}

@@ -42,6 +42,9 @@ def run(tmp_path: Path, **extra: object) -> str:
      'cuda_toolkit_version must look like 12.8; got "12.8.1".'),
     ({"preflight_secure_boot": "enabled"},
      "Secure Boot is enabled on localhost: the NVIDIA kernel module will only load once its"),
+    ({"nvidia_driver_reboot": True, "nvidia_driver_reboot_tasks": "my-reboot.yml"},
+     'nvidia_driver_reboot_tasks must be reboot-now.yml or an absolute path to a .yml file; got "my-reboot.yml". '
+     "Nothing was changed, drained or rebooted."),
 ])
 def test_bad_driver_inputs_fail_before_any_change(tmp_path: Path, extra: dict, message: str) -> None:
     output = run(tmp_path, **extra)

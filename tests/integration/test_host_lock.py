@@ -254,10 +254,13 @@ BAD_INPUTS = [
     ({"host_lock_stale_after_s": 5},
      "host_lock_stale_after_s must be a whole number of seconds from 60 to 604800; got 5."),
     ({"host_lock_break": "maybe"}, "argument 'host_lock_break' is of type str and we were unable to convert to bool"),
+    ({"host_lock_label": "a\nb"},
+     'host_lock_label must be 1 to 200 printable characters without line breaks; got "a\\nb".'),
 ]
 
 
-@pytest.mark.parametrize(("extra", "message"), BAD_INPUTS, ids=["relative", "space", "stale-5", "break-maybe"])
+@pytest.mark.parametrize(("extra", "message"), BAD_INPUTS,
+                         ids=["relative", "space", "stale-5", "break-maybe", "label-line-break"])
 def test_bad_inputs_fail_before_anything_is_written(lab: Lab, extra: dict, message: str) -> None:
     run = lab.run(extra)
     assert run.rc != 0

@@ -70,7 +70,7 @@ def test_the_build_is_made_for_debian_and_fetches_nothing(tmp_path: Path) -> Non
                              build_context=str(tmp_path / "context"), container_runtime="docker")
     builder.create()
     text = (tmp_path / "context/Dockerfile").read_text()
-    assert text.startswith('ARG EE_BASE_IMAGE="local/debian:bookworm-minbase"')
+    assert text.startswith('ARG EE_BASE_IMAGE="local/llm-base:bookworm"')
     assert 'ARG PKGMGR="/usr/bin/apt-get"' in text and 'ARG PKGMGR_PRESERVE_CACHE="always"' in text
     assert "ensurepip" not in text and "pip_install" not in text.replace("/output/scripts/pip_install", "")
     # pip is configured to read the wheels before its first use, and the configuration goes before the image ends.
