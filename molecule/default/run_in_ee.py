@@ -46,8 +46,10 @@ def main() -> int:
     result = ansible_runner.run(
         private_data_dir=str(work), playbook="site.yml", ident="site", quiet=True, envvars=envvars,
         process_isolation=True, process_isolation_executable="docker", container_image=image,
-        # The host's network: the control node reaches what this machine reaches, as the run outside the EE did.
-        container_options=["--network=host"] + [f"--volume={m}" for m in mounts])
+        # The host's network: the control node reaches what this machine reaches, as the run outside the EE did. The
+        # job runs as this user (runner's --user), with the Docker socket's group (a user of the docker group).
+        container_options=["--network=host", f"--group-add={os.stat('/var/run/docker.sock').st_gid}"]
+        + [f"--volume={m}" for m in mounts])
     tasks: list[dict] = []
     artifacts: dict = {}
     by_uuid: dict[str, dict] = {}
@@ -73,6 +75,9 @@ def main() -> int:
                 stats[host] = {key: data.get(key, {}).get(host, 0) for key in ("ok", "changed", "failures", "skipped")}
                 stats[host]["unreachable"] = data.get("dark", {}).get(host, 0)
     output = result.stdout.read()
+    # ansible-runner wrote the job's environment (the keys among it) and command line beside its artifacts: not kept.
+    for name in ("env.list", "command"):
+        (work / "artifacts" / "site" / name).unlink(missing_ok=True)
     print(json.dumps({"plays": [{"tasks": tasks}], "stats": stats, "artifacts": artifacts, "rc": result.rc,
                       "status": result.status, "stdout": output}))
     if result.rc != 0:

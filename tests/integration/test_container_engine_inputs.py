@@ -29,4 +29,4 @@ def test_a_bad_image_input_fails_naming_the_variable(runs: Cases, index: int, me
     output = runs.hosts[f"case-{index}"]
     assert f"case-{index}" in runs.failed, output[-3000:]
     assert message in output, output[-3000:]
-    assert "Images are there" not in output
+    assert "Images present on the host are looked up" not in output

@@ -18,4 +18,5 @@ def test_the_reboot_task_file_is_checked_first(value: object, ok: bool) -> None:
         first = find_task("nvidia_driver", tasks_file, "")
         assert first["ansible.builtin.include_tasks"] == "check-reboot-tasks.yml", tasks_file
     check = find_task("nvidia_driver", "check-reboot-tasks.yml", "The reboot's task file is the role's")
-    assert render("{{ " + check["ansible.builtin.assert"]["that"] + " }}", {"nvidia_driver_reboot_tasks": value}) is ok
+    [row] = check["llm_endpoints.core.input_checks"]["checks"]
+    assert render("{{ " + row["that"] + " }}", {"nvidia_driver_reboot_tasks": value}) is ok
