@@ -13,6 +13,9 @@ cd "$(dirname "$0")/.."
 bin=${VENV:-.venv}/bin
 ee=.cache/ee
 mkdir -p "${ee}/wheels" "${ee}/collections"
+# One build at a time: a second (`make ee` beside molecule's) would rewrite the artifacts while the first copies them.
+exec 9>"${ee}/.lock"
+flock 9
 
 # The definition's two pins, read from it (one place to change them).
 pins=$("${bin}/python" - <<'PY'

@@ -46,7 +46,7 @@ logged() {
     # Colours and molecule's box drawing off first; then pytest's failures, ansible's failed tasks, molecule's errors.
     sed -E 's/\x1b\[[0-9;]*m//g; s/^\s*│ ?//' "${log}" \
       | grep -aE '^(FAILED|ERROR)( |$)|^E  |^_{3,} .* _{3,}$|^fatal: |^failed: |FAILED! =>|^CRITICAL|^ERROR ' \
-      | grep -av 'FAILED - RETRYING' | cut -c1-400 | tail -60 || true
+      | grep -av 'FAILED - RETRYING' | cut -c1-1000 | tail -60 || true
   fi
   return "${rc}"
 }
