@@ -8,11 +8,14 @@ A row is one of:
     message ("<name> must be a whole number from <min> to <max>; got <value>."); `number: true` takes a decimal
     number too (digits, a point, digits: no sign, exponent, nan or inf), `above: true` excludes min ("greater than
     <min> and at most <max>"), `unit: seconds` names what it counts ("a number of seconds ...")
-and may carry `when: <condition>` (the row is skipped when false). Conditions are bare expressions, as assert's
-`that`. The rows are not templated before the task runs: each row's condition is evaluated only after every earlier
-row passed (a later row may rely on an earlier one: a value checked to be a list before it is mapped), and a message
-only when its row fails. A message is written so that it never shows a secret's value; an expression that cannot be
-evaluated fails the task naming its row, without the error text (which could quote a value).
+and may carry `when: <condition>` (the row is skipped when false); a row {table: <variable>} stands for the rows of
+that variable (a list kept elsewhere, such as an engine's own checks in its vars file: a variable from a file or a
+play, role or task, whose conditions Ansible trusts; one set by set_fact or registered is not). Conditions are bare
+expressions, as assert's `that`. The rows are not templated before the task runs: each row's condition is evaluated
+only after every earlier row passed (a later row may rely on an earlier one: a value checked to be a list before it
+is mapped), and a message only when its row fails. A message is written so that it never shows a secret's value; an
+expression that cannot be evaluated fails the task naming its row, without the error text (which could quote a
+value).
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from ansible.plugins.action import ActionBase
 _WHOLE = re.compile(r"[0-9]+\Z")
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?\Z")
 _NUMBER = frozenset(("name", "value", "min", "max"))
+_TABLE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*\Z")
 
 
 class ActionModule(ActionBase):
@@ -44,12 +48,16 @@ class ActionModule(ActionBase):
         rows = self._task.args.get("checks")
         if not isinstance(rows, list):
             return {**result, "failed": True, "msg": "input_checks: checks must be a list of rows"}
+        try:
+            rows = self._expand(rows, task_vars or {})
+        except AnsibleError as error:
+            return {**result, "failed": True, "msg": f"input_checks: {error.message}"}
         judged = 0
-        for index, row in enumerate(rows):
+        for where, row in rows:
             if not isinstance(row, dict) or not ({"that", "msg"} <= row.keys() or _NUMBER <= row.keys()):
                 return {**result, "failed": True,
-                        "msg": f"input_checks: row {index} must be {{that, msg}} or {{name, value, min, max}}"}
-            label = row.get("name", f"row {index}")
+                        "msg": f"input_checks: {where} must be {{that, msg}} or {{name, value, min, max}}"}
+            label = row.get("name", where)
             try:
                 if "when" in row and not self._templar.evaluate_conditional(row["when"]):
                     continue
@@ -62,6 +70,30 @@ class ActionModule(ActionBase):
             if failure is not None:
                 return {**result, "failed": True, "msg": failure}
         return {**result, "changed": False, "msg": f"{judged} checks passed"}
+
+    def _expand(self, rows: list[Any], task_vars: dict[str, Any]) -> list[tuple[str, Any]]:
+        """(where, row) for each row, each {table: <variable>} row replaced by that variable's rows (a list, such as an
+        engine's own checks kept in its vars file), read as defined: untemplated, so each is still judged only when
+        reached. `where` names the row for messages: "row 3", or "table x.y row 1" for a row of a table. A table row
+        takes no `when`, and a table's rows are not expanded again."""
+        expanded: list[tuple[str, Any]] = []
+        for index, row in enumerate(rows):
+            if isinstance(row, dict) and "table" in row:
+                path = str(row["table"])
+                if row.keys() != {"table"} or not _TABLE.match(path):
+                    raise AnsibleError(f"row {index}: a table row is {{table: <variable name[.key...]>}} alone; "
+                                       f"got {sorted(row)} naming {path!r}")
+                table: Any = task_vars
+                for key in path.split("."):
+                    if not isinstance(table, dict) or key not in table:
+                        raise AnsibleError(f"table {path} is not defined")
+                    table = table[key]
+                if not isinstance(table, list):
+                    raise AnsibleError(f"table {path} must be a list of rows")
+                expanded.extend((f"table {path} row {number}", each) for number, each in enumerate(table))
+            else:
+                expanded.append((f"row {index}", row))
+        return expanded
 
     def _judge(self, row: dict[str, Any]) -> str | None:
         """None when the row passes, else its message."""

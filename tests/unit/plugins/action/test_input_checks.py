@@ -1,6 +1,6 @@
 """llm_endpoints.core.input_checks (plugins/action/input_checks.py): rows judged in order, the first failing row's
-message, `when`, the shared message of a number row, and an expression that cannot be evaluated named without its
-error text. One run, one local host per case."""
+message, `when`, the shared message of a number row, rows kept in a variable ({table: <variable>}, the decimal rows
+here), and an expression that cannot be evaluated named without its error text. One run, one local host per case."""
 from __future__ import annotations
 
 import pytest
@@ -24,6 +24,9 @@ CASES = {
     "exponent": ({"timeout": "1e1"}, 'timeout must be a number of seconds greater than 0 and at most 60; got "1e1".'),
     "negative": ({"share": -0.5}, "share must be a number from 0 to 1; got -0.5."),
     "decimal-where-whole": ({"count": 2.5}, "count must be a whole number from 1 to 5; got 2.5."),
+    # A {table: <variable>} row that names no variable, or one that holds no list of rows.
+    "table-missing": ({}, "input_checks: table no_such_rows is not defined"),
+    "table-not-list": ({}, "input_checks: table secret must be a list of rows"),
     "raises": ({"items": [1, "Hunter-2-SECRET"]},
                "input_checks: the check of row 1 could not be evaluated (AnsibleTemplate"),
 }
