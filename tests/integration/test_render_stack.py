@@ -188,8 +188,19 @@ def test_sglang_profile_keeps_the_key_off_the_command_line(tmp_path: Path) -> No
     assert stat.S_IMODE((stack / "engine.env").stat().st_mode) == 0o600
     assert engine["environment"]["TIKTOKEN_ENCODINGS_BASE"] == "/tiktoken"
     assert any(v["target"] == "/root/.cache/huggingface" for v in engine["volumes"])
-    assert "/health" in " ".join(engine["healthcheck"]["test"])
+    health = engine["healthcheck"]
+    assert "/health" in " ".join(health["test"])
+    assert (health["interval"], health["timeout"], health["start_period"]) == ("30s", "30s", "15m0s")
     assert engine["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+
+
+def test_sglang_takes_a_model_it_does_not_know_at_main_without_parsers(tmp_path: Path) -> None:
+    engine, _, _ = render(tmp_path, RTX_5090, llm_stack_engine="sglang", llm_stack_sglang_model="Qwen/Qwen3-8B",
+                          llm_stack_api_key="")
+    cmd = engine["command"]
+    assert (arg(cmd, "--model-path"), arg(cmd, "--revision")) == ("Qwen/Qwen3-8B", "main")
+    assert "--reasoning-parser" not in cmd and "--tool-call-parser" not in cmd
+    assert arg(cmd, "--log-level") == "info"  # no key to keep out of the log
 
 
 def test_sglangs_launcher_hands_the_key_over_in_a_private_file(tmp_path: Path) -> None:
@@ -200,22 +211,22 @@ def test_sglangs_launcher_hands_the_key_over_in_a_private_file(tmp_path: Path) -
     fake.mkdir()
     (fake / "python3").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$RECORD"\n'
                                   'echo "env:${SGLANG_LAUNCH_API_KEY:-gone}" >> "$RECORD"\n'
-                                  'stat -c %a /tmp/sglang-key.yaml >> "$RECORD"\n'
-                                  'cat /tmp/sglang-key.yaml >> "$RECORD"\n')
+                                  'stat -c %a "$4" >> "$RECORD"\ncat "$4" >> "$RECORD"\n')
     (fake / "python3").chmod(0o755)
     key = 'k"e\\y#1:{x}'
-    record = tmp_path / "record"
-    env = {"PATH": f"{fake}:{os.environ['PATH']}", "RECORD": str(record), "SGLANG_LAUNCH_API_KEY": key}
-    try:
-        subprocess.run([sys.executable, "-c", engine["entrypoint"][2], *engine["command"]], env=env, check=True)
-        lines = record.read_text().splitlines()
-    finally:
-        Path("/tmp/sglang-key.yaml").unlink(missing_ok=True)
+    record, private = tmp_path / "record", tmp_path / "tmp"
+    private.mkdir()
+    env = {"PATH": f"{fake}:{os.environ['PATH']}", "RECORD": str(record), "SGLANG_LAUNCH_API_KEY": key,
+           "TMPDIR": str(private)}
+    subprocess.run([sys.executable, "-c", engine["entrypoint"][2], *engine["command"]], env=env, check=True)
+    lines = record.read_text().splitlines()
     args = lines[:lines.index("env:gone")]  # the server's environment no longer holds the key
-    assert args[:4] == ["-m", "sglang.launch_server", "--config", "/tmp/sglang-key.yaml"]
+    assert args[:3] == ["-m", "sglang.launch_server", "--config"] and args[3].startswith(f"{private}/sglang-key-")
     assert args[4:] == engine["command"]
     assert lines[len(args) + 1] == "600"
-    assert yaml.safe_load("\n".join(lines[len(args) + 2:])) == {"api-key": key}
+    config = yaml.safe_load("\n".join(lines[len(args) + 2:]))
+    # SGLang hands a --config file's options to its parser as --<key> <value>: the key's flag is --api-key.
+    assert config == {"api-key": key} and [f"--{name}" for name in config] == ["--api-key"]
 
 
 UTIL = "llm_stack_vllm_gpu_memory_utilization must be in (0, 1], got"
@@ -401,13 +412,22 @@ BAD_INPUTS = [
     ({**SGLANG, "llm_stack_sglang_context_length": -1},
      "llm_stack_sglang_context_length must be a whole number from 0 to 16777216; got -1."),
     ({**SGLANG, "llm_stack_sglang_start_period_s": 10},
-     "llm_stack_sglang_start_period_s must be a whole number from 60 to 86400; got 10."),
+     "llm_stack_sglang_start_period_s must be a whole number from 60 to 7200; got 10."),
+    ({**SGLANG, "llm_stack_api_key": "-bad-input-key-sglang"},
+     "llm_stack_api_key must not begin with '-' for SGLang, which would read it as a flag (its value is not shown)."),
+    ({**SGLANG, "llm_stack_sglang_extra_args": ["--log-level=info"]},
+     "without --api-key, --config or --log-level, or abbreviations of them"),
+    ({**SGLANG, "llm_stack_sglang_extra_args": ["--api", "x"]},
+     "without --api-key, --config or --log-level, or abbreviations of them"),
+    ({**SGLANG, "llm_stack_sglang_model_revision": "main --trust-remote-code"},
+     "llm_stack_sglang_model_revision must be empty (the role's pinned commit for a model it knows, else main)"),
     ({**SGLANG, "llm_stack_sglang_mem_fraction_static": 1.5},
      "llm_stack_sglang_mem_fraction_static must be empty (SGLang's own) or a number greater than 0 and below 1"),
     ({**SGLANG, "llm_stack_sglang_model": "gpt-oss-20b; rm -rf /"},
      "llm_stack_sglang_model must be a Hugging Face repository id <owner>/<name>"),
     ({**SGLANG, "llm_stack_sglang_reasoning_parser": "gpt-oss --trust-remote-code"},
-     "llm_stack_sglang_reasoning_parser and llm_stack_sglang_tool_call_parser must be empty or a parser name"),
+     "llm_stack_sglang_reasoning_parser and llm_stack_sglang_tool_call_parser must be empty (the model's, where the "
+     "role knows it), none, or a parser name such as gpt-oss"),
     ({**SGLANG, "llm_stack_api_key": "bad-input-key-sglang", "llm_stack_sglang_log_level": "info"},
      "llm_stack_sglang_log_level info would write the API key to the container's log"),
     ({**SGLANG, "llm_stack_sglang_extra_args": ["--api-key=x"]},

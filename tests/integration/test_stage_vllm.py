@@ -141,3 +141,21 @@ def test_wrong_tiktoken_checksum_fails(tmp_path: Path, vllm_sim_image: str) -> N
     assert run.rc != 0
     assert "checksum" in run.output.lower()
     assert not (tmp_path / "tt/o200k_base.tiktoken").exists()
+
+
+def test_sglang_stages_the_repository_less_what_it_does_not_load(tmp_path: Path, vllm_sim_image: str) -> None:
+    """SIMULATION (the vLLM stand-in's huggingface_hub as SGLang's image's): the sglang engine stages through the same
+    tasks with its own image and download: the pinned revision, every file but original/ and metal/."""
+    cache = tmp_path / "hf-cache"
+    variables = {**GPU_HOST, "llm_stack_engine": "sglang", "llm_stack_dir": str(tmp_path / "stack"),
+                 "llm_stack_sglang_image": vllm_sim_image, "llm_stack_hf_cache_dir": str(cache),
+                 "llm_stack_tiktoken_files": [], "llm_stack_tiktoken_dir": str(tmp_path / "tiktoken"),
+                 "llm_stack_vllm_stage_poll_s": 2, "llm_stack_vllm_stage_timeout_s": 120}
+    run = run_playbook(tmp_path / "run", "stage_vllm.yml", variables)
+    assert run.rc == 0, run.output[-3000:]
+    seen = json.loads((cache / "simulated-download.json").read_text())
+    root_files = sorted([".gitattributes", "LICENSE", "README.md", "USAGE_POLICY", *VLLM_FILES])
+    assert seen == {"repo_id": "openai/gpt-oss-20b", "revision": REVISION, "allow_patterns": None,
+                    "ignore_patterns": ["original/*", "metal/*"], "files": root_files,
+                    "token_seen": False, "endpoint": ""}
+    assert (cache / f".staged-openai--gpt-oss-20b@{REVISION}").is_file()
