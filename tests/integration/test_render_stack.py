@@ -166,8 +166,15 @@ def test_llamacpp_cuda_profile(tmp_path: Path) -> None:
     assert "HF_TOKEN" not in (stack / "engine.env").read_text()
 
 
-def test_sglang_profile_keeps_the_key_off_the_command_line(tmp_path: Path) -> None:
-    engine, _, stack = render(tmp_path, RTX_5090, llm_stack_engine="sglang")
+@pytest.fixture(scope="module")
+def sglang(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
+    """The sglang engine rendered once for the RTX 5090 host (its service and the stack directory)."""
+    engine, _, stack = render(tmp_path_factory.mktemp("sglang"), RTX_5090, llm_stack_engine="sglang")
+    return engine, stack
+
+
+def test_sglang_profile_keeps_the_key_off_the_command_line(sglang: tuple[dict, Path]) -> None:
+    engine, stack = sglang
     cmd, entrypoint = engine["command"], engine["entrypoint"]
     assert engine["image"] == "lmsysorg/sglang:v0.5.19-cu129"
     assert entrypoint[:2] == ["python3", "-c"] and "sglang.launch_server" in entrypoint[2]
@@ -203,10 +210,10 @@ def test_sglang_takes_a_model_it_does_not_know_at_main_without_parsers(tmp_path:
     assert arg(cmd, "--log-level") == "info"  # no key to keep out of the log
 
 
-def test_sglangs_launcher_hands_the_key_over_in_a_private_file(tmp_path: Path) -> None:
+def test_sglangs_launcher_hands_the_key_over_in_a_private_file(sglang: tuple[dict, Path], tmp_path: Path) -> None:
     """The entry point the profile renders, run with a stand-in `python3` first on PATH that records how SGLang's
     server would be started and the --config file it is given (SGLang itself cannot run here)."""
-    engine, _, _ = render(tmp_path, RTX_5090, llm_stack_engine="sglang")
+    engine = sglang[0]
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "python3").write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$RECORD"\n'
