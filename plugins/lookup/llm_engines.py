@@ -35,16 +35,18 @@ _raw:
 """
 
 ENGINES = Path(__file__).resolve().parents[2] / "roles" / "llm_stack" / "vars"
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _cache: dict[tuple[tuple[str, int, int], ...], dict[str, Any]] = {}
 
 
 def engines(folder: Path = ENGINES) -> dict[str, Any]:
     files = sorted(folder.glob("engine-*.yml"))
-    key = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in files)
+    key = tuple((f.name, st.st_mtime_ns, st.st_size) for f in files for st in (f.stat(),))
     if key not in _cache:
         table = {}
         for path in files:
-            row = (yaml.safe_load(path.read_text()) or {}).get("__llm_stack_engine_info")
+            # libyaml's loader where PyYAML has it: the table is read on every host's checks.
+            row = (yaml.load(path.read_text(), Loader=_LOADER) or {}).get("__llm_stack_engine_info")
             if not isinstance(row, dict):
                 raise AnsibleError(f"{path.name} has no engine row (__llm_stack_engine_info)")
             table[path.name[len("engine-"):-len(".yml")]] = row
