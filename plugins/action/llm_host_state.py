@@ -49,6 +49,9 @@ SKIPPED_SUFFIXES = (".pyc", ".md")
 METADATA = ("namespace", "name", "version", "dependencies")
 CONTROLLER_FILE_HASHED_BYTES = 16 * 1024 * 1024
 HOST_SIDE = ("host_state_", "host_lock_")
+# Tables the collection reads from its own files (the engine table's lookup): the code digest covers them, and
+# templating them for every host and peer would read those files again.
+FROM_CODE = frozenset(("llm_defaults_engines",))
 
 _ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,7 +114,7 @@ def host_part(templar: Any, variables: Any, names: list[str]) -> dict[str, Any]:
     """A host's templated role variables and decisive facts."""
     values: dict[str, Any] = {}
     for name in sorted(names):
-        if name.startswith("__") or name in PER_RUN or not name.startswith(PREFIXES):
+        if name.startswith("__") or name in PER_RUN or name in FROM_CODE or not name.startswith(PREFIXES):
             continue
         try:
             values[name] = templar.template(variables[name])

@@ -60,7 +60,7 @@ def test_behind_a_front_door_every_service_listens_on_the_internal_address_and_l
 def test_production_inventory_renders_the_seed_with_backend_and_chat_ui(tmp_path: Path) -> None:
     rc, output, stack = render(tmp_path, {**PRODUCTION, **VAULT, "llm_apps_backend_limits_url": STORE_URL})
     assert rc == 0, output[-4000:]
-    # The stack's inputs are checked once: render takes the definition that describe made earlier in the play.
+    # The stack's inputs are checked once (render runs the apps' render entry point after them).
     table = "TASK [llm_endpoints.core.llm_stack : Inputs of the stack are well-formed (one table)]"
     assert output.count(table) == 1, output[-4000:]
     services = compose_config(stack)

@@ -101,9 +101,30 @@ def test_targets_come_from_the_inventory_group(rendered: Path) -> None:
     assert config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == ["127.0.0.1:9093"]
 
 
+def scrape_jobs(out: Path) -> dict[str, list]:
+    config = yaml.safe_load((out / "prometheus/prometheus.yml").read_text())
+    return {j["job_name"]: [(s["labels"]["host"], s["targets"]) for s in j["static_configs"]]
+            for j in config["scrape_configs"]}
+
+
+def test_hosts_that_did_not_describe_themselves_are_scraped_where_their_settings_say(rendered: Path,
+                                                                                    tmp_path: Path) -> None:
+    # Outside --limit or unreachable: the same fleet, its targets from the inventory and llm_defaults' defaults as
+    # they are on each host (gpu-1's engine on loopback but for its own bind address, the backend's port), the same
+    # as the hosts' own descriptions gave.
+    out, output, rc = render(tmp_path, [{**host, "undescribed": True} for host in FLEET])
+    assert rc == 0, output[-4000:]
+    assert "Not described in this run (outside --limit or unreachable): gpu-1, gpu-2, cpu-1." in output
+    assert scrape_jobs(out) == scrape_jobs(rendered)
+    assert (out / "prometheus/secrets/cpu-1.engine-key").read_text() == ENGINE_KEY
+
+
 def test_behind_a_front_door_services_are_scraped_on_internal_addresses_and_haproxy_too(tmp_path: Path) -> None:
+    # gpu-2 did not describe itself: behind a front door its services listen on its internal address all the same.
     fleet = [{"name": "gpu-1", "address": "gpu-1.example.net", "internal": "10.0.0.1", "backend": True,
-              "metrics_token": METRICS_TOKEN}]
+              "metrics_token": METRICS_TOKEN},
+             {"name": "gpu-2", "address": "gpu-2.example.net", "internal": "10.0.0.2", "backend": True,
+              "metrics_token": METRICS_TOKEN, "undescribed": True}]
     doors = [{"name": "edge-1", "address": "edge-1.example.net", "internal": "10.0.0.9"},
              {"name": "edge-2", "address": "edge-2.example.net", "internal": "10.0.0.10", "metrics_port": 0}]
     out, output, rc = render(tmp_path, fleet, monitoring_test_front_doors=doors, llm_front_door_group="front_doors")
@@ -113,9 +134,10 @@ def test_behind_a_front_door_services_are_scraped_on_internal_addresses_and_hapr
             for j in config["scrape_configs"]}
     # The engine and the backend listen on the host's internal address (and loopback): scraped there, not on the
     # address Ansible reaches the host by; the exporters listen on every address.
-    assert jobs["llm_engine"] == [("gpu-1", ["10.0.0.1:8000"])]
+    assert jobs["llm_engine"] == [("gpu-1", ["10.0.0.1:8000"]), ("gpu-2", ["10.0.0.2:8000"])]
     assert jobs["llm_backend:gpu-1"] == [("gpu-1", ["10.0.0.1:8080"])]
-    assert jobs["node"] == [("gpu-1", ["gpu-1.example.net:9100"])]
+    assert jobs["llm_backend:gpu-2"] == [("gpu-2", ["10.0.0.2:8080"])]
+    assert jobs["node"] == [("gpu-1", ["gpu-1.example.net:9100"]), ("gpu-2", ["gpu-2.example.net:9100"])]
     # HAProxy's own metrics on each front door's internal address (none where its metrics port is 0).
     assert jobs["front_door"] == [("edge-1", ["10.0.0.9:8405"])]
 
