@@ -7,10 +7,12 @@ tests/monitoring/test_dashboards.py fails while the committed files differ from 
 JSON, and parses every expression with promtool; the molecule default scenario queries every expression against
 the lab's Prometheus after traffic.
 
-Every panel works for both engines: vLLM's metric names (vLLM v0.11.0 vllm/v1/metrics/loggers.py) `or` llama.cpp's
-(tools/server, `llamacpp:*`), and GPU panels use NVIDIA's DCGM exporter's names (etc/default-counters.csv).
-llama.cpp has no KV-cache metric (removed upstream, PR 13660): its panel shows the share of slots busy instead.
-Where llama.cpp has no histogram (time to first token), the backend's time to the first byte of a stream stands in.
+Every panel works for every engine of the engine table (roles/llm_stack/vars/engine-*.yml, each row's `metrics`:
+the engines' own Prometheus names, their sources cited there): one expression per engine that exports the metric,
+joined by `or` (a host runs one engine), and GPU panels use NVIDIA's DCGM exporter's names (etc/default-counters.csv).
+Where an engine has no KV-cache gauge (llama.cpp: removed upstream, PR 13660) its panel shows the share of its slots
+busy; where an engine has no time-to-first-token histogram (llama.cpp) the backend's time to the first byte of a
+stream stands in; where it has no inter-token histogram, its decode seconds over its tokens generated give the mean.
 
   python scripts/build-dashboards.py           write the files
   python scripts/build-dashboards.py --check   exit 1 when the committed files differ
@@ -22,6 +24,7 @@ import json
 import sys
 from pathlib import Path
 
+import yaml
 from grafana_foundation_sdk.builders.dashboard import Dashboard, QueryVariable, Row
 from grafana_foundation_sdk.builders.prometheus import Dataquery
 from grafana_foundation_sdk.builders.stat import Panel as Stat
@@ -29,21 +32,62 @@ from grafana_foundation_sdk.builders.timeseries import Panel as Timeseries
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.dashboard import DataSourceRef, GridPos
 
-OUT = Path(__file__).resolve().parents[1] / "roles/monitoring/files/dashboards"
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "roles/monitoring/files/dashboards"
 # The provisioned data source's uid (roles/monitoring/templates/grafana-datasource.yml.j2).
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="prometheus")
 RATE = "$__rate_interval"
 H = 'host=~"$host"'
 
 
-def either(vllm: str, llamacpp: str) -> str:
-    """vLLM's series, or llama.cpp's where the host runs llama.cpp."""
-    return f"({vllm}) or ({llamacpp})"
+def engine_rows() -> list[dict]:
+    """Each engine's row of the engine table, in the engines' order (sorted by name)."""
+    rows = []
+    for path in sorted((ROOT / "roles/llm_stack/vars").glob("engine-*.yml")):
+        row = (yaml.safe_load(path.read_text()) or {}).get("__llm_stack_engine_info")
+        if not isinstance(row, dict):
+            raise SystemExit(f"{path} has no engine row (__llm_stack_engine_info)")
+        metrics = row.get("metrics") or {}
+        if metrics.get("decode_seconds") and not metrics.get("generated_tokens"):
+            raise SystemExit(f"{path}: decode_seconds needs generated_tokens (the mean is one over the other)")
+        rows.append(row)
+    if not rows:
+        raise SystemExit("no engine files (roles/llm_stack/vars/engine-*.yml)")
+    return rows
 
 
-def quantile(q: float, vllm_hist: str, fallback_hist: str, by: str) -> str:
-    return either(f"histogram_quantile({q}, sum by ({by}, le) (rate({vllm_hist}_bucket{{{H}}}[{RATE}])))",
-                  f"histogram_quantile({q}, sum by ({by}, le) (rate({fallback_hist}_bucket{{{H}}}[{RATE}])))")
+ROWS = engine_rows()
+ENGINES = [row.get("metrics") or {} for row in ROWS]
+
+
+def names(key: str) -> list[str]:
+    """The engines' names for one metric, each once (llama.cpp's two engines share theirs), where they export it."""
+    return list(dict.fromkeys(m[key] for m in ENGINES if m.get(key)))
+
+
+def any_of(*exprs: str) -> str:
+    """One engine's series, or the next's where the host runs another engine."""
+    return " or ".join(f"({e})" for e in exprs)
+
+
+def quantile(q: float, hist: str, by: str) -> str:
+    return f"histogram_quantile({q}, sum by ({by}, le) (rate({hist}_bucket{{{H}}}[{RATE}])))"
+
+
+def ttft(q: float, by: str) -> str:
+    """Each engine's time-to-first-token histogram; the backend's time to first byte for an engine without one."""
+    hists = names("time_to_first_token")
+    if any(not m.get("time_to_first_token") for m in ENGINES):
+        hists.append("llm_backend_time_to_first_byte_seconds")
+    return any_of(*[quantile(q, hist, by) for hist in hists])
+
+
+def decode_mean() -> list[str]:
+    """The mean time per output token of the engines without an inter-token histogram: decode seconds per token."""
+    pairs = dict.fromkeys((m["decode_seconds"], m["generated_tokens"]) for m in ENGINES
+                          if m.get("decode_seconds") and not m.get("inter_token_latency"))
+    return [f"sum by (host) (rate({seconds}{{{H}}}[{RATE}])) / sum by (host) (rate({tokens}{{{H}}}[{RATE}]))"
+            for seconds, tokens in pairs]
 
 
 class Layout:
@@ -91,15 +135,19 @@ def host_variable(query: str) -> QueryVariable:
 
 
 def tokens_per_s(by: str) -> tuple[str, str]:
-    return (either(f"sum by ({by}) (rate(vllm:generation_tokens_total{{{H}}}[{RATE}]))",
-                   f"sum by ({by}) (rate(llamacpp:tokens_predicted_total{{{H}}}[{RATE}]))"), f"{{{{{by}}}}}")
+    return (any_of(*[f"sum by ({by}) (rate({name}{{{H}}}[{RATE}]))" for name in names("generated_tokens")]),
+            f"{{{{{by}}}}}")
 
 
 def running_waiting() -> list[tuple[str, str]]:
-    return [(either(f"sum by (host) (vllm:num_requests_running{{{H}}})",
-                    f"sum by (host) (llamacpp:requests_processing{{{H}}})"), "{{host}} running"),
-            (either(f"sum by (host) (vllm:num_requests_waiting{{{H}}})",
-                    f"sum by (host) (llamacpp:requests_deferred{{{H}}})"), "{{host}} waiting")]
+    return [(any_of(*[f"sum by (host) ({name}{{{H}}})" for name in names(key)]), f"{{{{host}}}} {word}")
+            for key, word in (("requests_running", "running"), ("requests_waiting", "waiting"))]
+
+
+RUNNING_WAITING = ("Each engine's requests being answered and waiting for room (vLLM: in the batch / waiting; SGLang: "
+                   "running / queued; llama.cpp: slots busy / deferred).")
+TTFT = ("Each engine's time-to-first-token histogram (vLLM, SGLang); for an engine without one (llama.cpp), the "
+        "backend's time to the first byte of its answers.")
 
 
 def fleet() -> Dashboard:
@@ -114,21 +162,16 @@ def fleet() -> Dashboard:
                                       f'count(up{{job="llm_engine",{H}}})'), 6, 4))
     board.with_panel(lay.place(single("Alerts firing", "short", "Alerts firing now (Alertmanager has them).",
                                       'count(ALERTS{alertstate="firing"}) or vector(0)'), 6, 4))
-    # Both engines' totals added (an `or` of two label-less sums would keep only the first in a mixed fleet).
+    # Every engine's total added (an `or` of label-less sums would keep only the first in a mixed fleet).
     board.with_panel(lay.place(single("Generated tokens/s", "short", "All engines of the selection together.",
-                                      f"(sum(rate(vllm:generation_tokens_total{{{H}}}[5m])) or vector(0)) + "
-                                      f"(sum(rate(llamacpp:tokens_predicted_total{{{H}}}[5m])) or vector(0))"), 6, 4))
+                                      " + ".join(f"(sum(rate({name}{{{H}}}[5m])) or vector(0))"
+                                                 for name in names("generated_tokens"))), 6, 4))
     board.with_row(lay.row("Per host"))
     board.with_panel(lay.place(series("Generated tokens/s", "short", "Output tokens per second, per host.",
                                       tokens_per_s("host"))))
     board.with_panel(lay.place(series(
-        "Requests running and waiting", "short", "vLLM: in the batch / waiting; llama.cpp: slots busy / deferred.",
-        *running_waiting())))
-    board.with_panel(lay.place(series(
-        "Time to first token, p99", "s",
-        "vLLM's histogram; for llama.cpp, the backend's time to the first byte of its answers.",
-        (quantile(0.99, "vllm:time_to_first_token_seconds", "llm_backend_time_to_first_byte_seconds", "host"),
-         "{{host}}"))))
+        "Requests running and waiting", "short", RUNNING_WAITING, *running_waiting())))
+    board.with_panel(lay.place(series("Time to first token, p99", "s", TTFT, (ttft(0.99, "host"), "{{host}}"))))
     board.with_panel(lay.place(series(
         "GPU memory in use", "percentunit",
         "Used / (used + free + reserved) per GPU (DCGM exporter); the engine takes its configured share by design.",
@@ -166,38 +209,37 @@ def host() -> Dashboard:
     board.with_row(lay.row("Engine"))
     board.with_panel(lay.place(series(
         "Tokens/s", "short", "Generated and prompt tokens per second.", tokens_per_s("host"),
-        (either(f"sum by (host) (rate(vllm:prompt_tokens_total{{{H}}}[{RATE}]))",
-                f"sum by (host) (rate(llamacpp:prompt_tokens_total{{{H}}}[{RATE}]))"), "{{host}} prompt"))))
+        (any_of(*[f"sum by (host) (rate({name}{{{H}}}[{RATE}]))" for name in names("prompt_tokens")]),
+         "{{host}} prompt"))))
     board.with_panel(lay.place(series(
-        "Time to first token", "s",
-        "p50, p90, p99 of vLLM's histogram; for llama.cpp, of the backend's time to the first byte of its answers.",
-        *[(quantile(q, "vllm:time_to_first_token_seconds", "llm_backend_time_to_first_byte_seconds", "host"),
-           f"{{{{host}}}} p{round(q * 100)}") for q in (0.5, 0.9, 0.99)])))
-    llamacpp_mean = (f"sum by (host) (rate(llamacpp:tokens_predicted_seconds_total{{{H}}}[{RATE}])) "
-                     f"/ sum by (host) (rate(llamacpp:tokens_predicted_total{{{H}}}[{RATE}]))")
+        "Time to first token", "s", f"p50, p90, p99. {TTFT}",
+        *[(ttft(q, "host"), f"{{{{host}}}} p{round(q * 100)}") for q in (0.5, 0.9, 0.99)])))
     # vLLM's histogram starts at 10 ms: below it (an RTX 5090 decodes gpt-oss-20b at about 7 ms a token) only the
     # mean (_sum / _count) tells the time.
+    itl = names("inter_token_latency")
     board.with_panel(lay.place(series(
         "Time per output token", "s",
-        "vLLM: p50 and p99 of its inter-token latency, and its mean (_sum / _count): the histogram's first bucket is "
-        "10 ms, so below it (an RTX 5090 decodes gpt-oss-20b at about 7 ms a token) the quantiles cannot tell, the "
-        "mean can; llama.cpp: its own mean (decode seconds per token).",
-        *[(either(f"histogram_quantile({q}, sum by (host, le) "
-                  f"(rate(vllm:inter_token_latency_seconds_bucket{{{H}}}[{RATE}])))", llamacpp_mean),
-           f"{{{{host}}}} p{round(q * 100)}") for q in (0.5, 0.99)],
-        (either(f"sum by (host) (rate(vllm:inter_token_latency_seconds_sum{{{H}}}[{RATE}])) "
-                f"/ sum by (host) (rate(vllm:inter_token_latency_seconds_count{{{H}}}[{RATE}]))", llamacpp_mean),
-         "{{host}} mean"))))
+        "p50 and p99 of each engine's inter-token latency histogram, and its mean (_sum / _count): vLLM's first bucket "
+        "is 10 ms, so below it (an RTX 5090 decodes gpt-oss-20b at about 7 ms a token) the quantiles cannot tell, the "
+        "mean can; an engine without the histogram (llama.cpp): its own mean (decode seconds per token).",
+        *[(any_of(*[quantile(q, hist, "host") for hist in itl], *decode_mean()), f"{{{{host}}}} p{round(q * 100)}")
+          for q in (0.5, 0.99)],
+        (any_of(*[f"sum by (host) (rate({hist}_sum{{{H}}}[{RATE}])) / sum by (host) (rate({hist}_count{{{H}}}[{RATE}]))"
+                  for hist in itl], *decode_mean()), "{{host}} mean"))))
     board.with_panel(lay.place(series(
-        "Requests running and waiting", "short", "vLLM: in the batch / waiting; llama.cpp: slots busy / deferred.",
-        *running_waiting())))
+        "Requests running and waiting", "short", RUNNING_WAITING, *running_waiting())))
+    # An engine without a KV-cache gauge whose settings metrics publish its slots (its row's `slots`).
+    slots = list(dict.fromkeys(row["metrics"]["requests_running"] for row in ROWS
+                               if row.get("slots") and (row.get("metrics") or {}).get("requests_running")
+                               and not row["metrics"].get("kv_cache_usage")))
     board.with_panel(lay.place(series(
-        "KV cache usage (vLLM) or slots busy (llama.cpp)", "percentunit",
-        "vLLM's vllm:kv_cache_usage_perc; llama.cpp exports no KV-cache metric: the share of its slots busy "
-        "(llm_endpoints_engine_slots, from llm_stack's settings).",
-        (either(f"max by (host) (vllm:kv_cache_usage_perc{{{H}}})",
-                f"sum by (host) (llamacpp:requests_processing{{{H}}}) "
-                f"/ on(host) max by (host) (llm_endpoints_engine_slots{{{H}}})"), "{{host}}"))))
+        "KV cache usage, or slots busy", "percentunit",
+        "Each engine's KV cache usage (0-1: vLLM's vllm:kv_cache_usage_perc, SGLang's sglang:token_usage); an engine "
+        "without a KV-cache metric (llama.cpp): the share of its slots busy (llm_endpoints_engine_slots, from "
+        "llm_stack's settings).",
+        (any_of(*[f"max by (host) ({name}{{{H}}})" for name in names("kv_cache_usage")],
+                *[f"sum by (host) ({name}{{{H}}}) / on(host) max by (host) (llm_endpoints_engine_slots{{{H}}})"
+                  for name in slots]), "{{host}}"))))
     board.with_panel(lay.place(series(
         "Engine and apps healthy", "short", "1 while a compose service runs and passes its health check; "
         "the engine's /metrics answering (up).",

@@ -189,18 +189,29 @@ def test_grafana_without_a_password_is_refused_without_writing(tmp_path: Path) -
     assert not out.exists()
 
 
-def test_the_fleets_token_rate_adds_both_engines(tmp_path: Path) -> None:
-    # A mixed fleet: a vLLM host making 10 tokens a minute, a llama.cpp host 5. The fleet's total is their sum
-    # (promtool evaluates the panel's expression over these series).
+def test_every_engine_of_the_table_fills_the_dashboards() -> None:
+    # Each engine's own names, as its row of the engine table gives them (SGLang's too): the generator reads the rows.
+    text = json.dumps([load(n) for n in NAMES])
+    for path in sorted((ROOT / "roles/llm_stack/vars").glob("engine-*.yml")):
+        metrics = yaml.safe_load(path.read_text())["__llm_stack_engine_info"]["metrics"]
+        assert {"generated_tokens", "prompt_tokens", "requests_running", "requests_waiting"} <= set(metrics), path.name
+        for key, name in metrics.items():
+            assert name in text, f"{path.name}: {key} {name}"
+
+
+def test_the_fleets_token_rate_adds_every_engine(tmp_path: Path) -> None:
+    # A mixed fleet: a vLLM host making 10 tokens a minute, a llama.cpp host 5, an SGLang host 15. The fleet's total
+    # is their sum (promtool evaluates the panel's expression over these series).
     stat = next(p for p in panels(load("llm-fleet")) if p["type"] == "stat" and p["title"] == "Generated tokens/s")
     (tmp_path / "empty.rules.yml").write_text("groups: []\n")
     (tmp_path / "fleet.test.yml").write_text(yaml.safe_dump({
         "rule_files": ["empty.rules.yml"], "evaluation_interval": "1m",
         "tests": [{"interval": "1m",
                    "input_series": [{"series": 'vllm:generation_tokens_total{host="gpu-1"}', "values": "0+10x10"},
-                                    {"series": 'llamacpp:tokens_predicted_total{host="cpu-1"}', "values": "0+5x10"}],
+                                    {"series": 'llamacpp:tokens_predicted_total{host="cpu-1"}', "values": "0+5x10"},
+                                    {"series": 'sglang:generation_tokens_total{host="gpu-2"}', "values": "0+15x10"}],
                    "promql_expr_test": [{"expr": concrete(stat["targets"][0]["expr"]), "eval_time": "10m",
-                                         "exp_samples": [{"labels": "{}", "value": 0.25}]}]}]}))
+                                         "exp_samples": [{"labels": "{}", "value": 0.5}]}]}]}))
     test = subprocess.run([str(PROMTOOL), "test", "rules", "fleet.test.yml"], cwd=tmp_path,
                           capture_output=True, text=True)
     assert test.returncode == 0, test.stdout + test.stderr
