@@ -24,16 +24,17 @@ def engine() -> Iterator[Engine]:
 #   backend;
 # - test_shared_limits.py: one Redis and three backends per module; its last test stops and starts the store;
 # - the bad-input cases that one playbook run judges together (llm_fixture.run_cases, a module fixture): split over
-#   two workers, each worker would run the whole batch (test_service_roles.py: its batch and the good case it holds).
+#   two workers, each worker would run the whole batch (test_service_roles.py: its batch and the good case it holds;
+#   test_render_stack.py: its bad inputs and the renders that pass, each batch one run).
 # xdist's own grouping mark (xdist_group, --dist loadgroup) does not take with pytest 9 (xdist 3.8 rewrites a test id
 # attribute that pytest 9 no longer reads): its scheduler for --dist loadscope is given these scopes instead, the way
 # xdist documents for custom grouping (LoadScopeScheduling._split_scope).
 ENGINE_FILES = {"test_chat_ui.py", "test_backend_live.py", "test_checks.py", "test_collection.py", "test_doctor.py"}
 SERIAL_FILES = {"test_stage_vllm.py", "test_check_inputs.py", "test_front_door.py", "test_shared_limits.py",
                 "test_limits_store.py", "test_input_checks.py", "test_container_engine_inputs.py",
-                "test_service_roles.py"}
-BATCHES = {("test_render_stack.py", "test_bad_inputs_fail_before_any_change"),
-           ("test_apps.py", "test_bad_inputs_fail_before_anything_is_written"),
+                "test_service_roles.py", "test_render_stack.py"}
+BATCHES = {("test_apps.py", "test_bad_inputs_fail_before_anything_is_written"),
+           ("test_gpu_inputs.py", "test_bad_driver_inputs_fail_before_any_change"),
            ("test_rules.py", "test_a_bad_input_is_refused_by_name_before_anything_is_written")}
 
 

@@ -24,7 +24,6 @@ import json
 import sys
 from pathlib import Path
 
-import yaml
 from grafana_foundation_sdk.builders.dashboard import Dashboard, QueryVariable, Row
 from grafana_foundation_sdk.builders.prometheus import Dataquery
 from grafana_foundation_sdk.builders.stat import Panel as Stat
@@ -41,19 +40,16 @@ H = 'host=~"$host"'
 
 
 def engine_rows() -> list[dict]:
-    """Each engine's row of the engine table, in the engines' order (sorted by name)."""
-    rows = []
-    for path in sorted((ROOT / "roles/llm_stack/vars").glob("engine-*.yml")):
-        row = (yaml.safe_load(path.read_text()) or {}).get("__llm_stack_engine_info")
-        if not isinstance(row, dict):
-            raise SystemExit(f"{path} has no engine row (__llm_stack_engine_info)")
+    """Each engine's row of the engine table, in the engines' order (sorted by name), as the playbooks read it."""
+    sys.path.insert(0, str(ROOT / ".collection"))
+    from ansible_collections.llm_endpoints.core.plugins.lookup.llm_engines import engines  # noqa: PLC0415
+
+    table = engines()
+    for name, row in table.items():
         metrics = row.get("metrics") or {}
         if metrics.get("decode_seconds") and not metrics.get("generated_tokens"):
-            raise SystemExit(f"{path}: decode_seconds needs generated_tokens (the mean is one over the other)")
-        rows.append(row)
-    if not rows:
-        raise SystemExit("no engine files (roles/llm_stack/vars/engine-*.yml)")
-    return rows
+            raise SystemExit(f"engine {name}: decode_seconds needs generated_tokens (the mean is one over the other)")
+    return list(table.values())
 
 
 ROWS = engine_rows()

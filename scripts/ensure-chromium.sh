@@ -28,6 +28,6 @@ if ! apt-cache show "${missing[@]}" >/dev/null 2>&1; then
   quietly apt-get -q -o DPkg::Lock::Timeout=300 update
 fi
 log "installing ${missing[*]}"
-# Waits for dpkg's lock rather than failing: `make test` runs this beside the lane that installs Docker.
+# Waits for dpkg's lock rather than failing: another apt run (a user's, unattended-upgrades) may hold it.
 quietly apt-get -q -o DPkg::Lock::Timeout=300 install -y --no-install-recommends "${missing[@]}"
 [ -x /usr/bin/chromium ]

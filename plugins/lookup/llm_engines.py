@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from ansible.errors import AnsibleError
 from ansible.plugins.lookup import LookupBase
+from ansible_collections.llm_endpoints.core.plugins.plugin_utils.yaml_files import YamlFiles
 
 DOCUMENTATION = r"""
 name: llm_engines
@@ -35,26 +35,26 @@ _raw:
 """
 
 ENGINES = Path(__file__).resolve().parents[2] / "roles" / "llm_stack" / "vars"
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_cache: dict[tuple[tuple[str, int, int], ...], dict[str, Any]] = {}
+
+
+def _table(files: list[tuple[Path, Any]]) -> dict[str, Any]:
+    table = {}
+    for path, content in files:
+        row = content.get("__llm_stack_engine_info") if isinstance(content, dict) else None
+        if not isinstance(row, dict):
+            raise AnsibleError(f"{path.name} has no engine row (__llm_stack_engine_info)")
+        table[path.name[len("engine-"):-len(".yml")]] = row
+    return table
+
+
+_TABLE = YamlFiles(_table)
 
 
 def engines(folder: Path = ENGINES) -> dict[str, Any]:
     files = sorted(folder.glob("engine-*.yml"))
-    key = tuple((f.name, st.st_mtime_ns, st.st_size) for f in files for st in (f.stat(),))
-    if key not in _cache:
-        table = {}
-        for path in files:
-            # libyaml's loader where PyYAML has it: the table is read on every host's checks.
-            row = (yaml.load(path.read_text(), Loader=_LOADER) or {}).get("__llm_stack_engine_info")
-            if not isinstance(row, dict):
-                raise AnsibleError(f"{path.name} has no engine row (__llm_stack_engine_info)")
-            table[path.name[len("engine-"):-len(".yml")]] = row
-        if not table:
-            raise AnsibleError(f"no engine files (engine-*.yml) in {folder}")
-        _cache.clear()
-        _cache[key] = table
-    return _cache[key]
+    if not files:
+        raise AnsibleError(f"no engine files (engine-*.yml) in {folder}")
+    return _TABLE.get(files)
 
 
 class LookupModule(LookupBase):

@@ -9,10 +9,10 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from ansible.errors import AnsibleError
 from ansible.plugins.lookup import LookupBase
 from ansible.template import trust_as_template
+from ansible_collections.llm_endpoints.core.plugins.plugin_utils.yaml_files import YamlFiles
 
 DOCUMENTATION = r"""
 name: llm_host_settings
@@ -50,23 +50,23 @@ _raw:
 """
 
 DEFAULTS = Path(__file__).resolve().parents[2] / "roles" / "llm_defaults" / "defaults" / "main.yml"
-_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-_cache: dict[tuple[int, int], dict[str, Any]] = {}
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+def _defaults(files: list[tuple[Path, Any]]) -> dict[str, Any]:
+    [(path, raw)] = files
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise AnsibleError(f"{path} is not a mapping of defaults")
+    return {name: trust_as_template(value) if isinstance(value, str) else value for name, value in raw.items()}
+
+
+_DEFAULTS = YamlFiles(_defaults)
 
 
 def defaults(path: Path = DEFAULTS) -> dict[str, Any]:
     """llm_defaults' defaults, each string trusted as a template as Ansible trusts a role's files."""
-    info = path.stat()
-    key = (info.st_mtime_ns, info.st_size)
-    if key not in _cache:
-        raw = yaml.load(path.read_text(), Loader=_LOADER) or {}
-        if not isinstance(raw, dict):
-            raise AnsibleError(f"{path} is not a mapping of defaults")
-        _cache.clear()
-        _cache[key] = {name: trust_as_template(value) if isinstance(value, str) else value
-                       for name, value in raw.items()}
-    return _cache[key]
+    return _DEFAULTS.get([path])
 
 
 class LookupModule(LookupBase):

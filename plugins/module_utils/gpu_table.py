@@ -2,6 +2,7 @@
 and per architecture the oldest driver branch and whether only the open kernel modules drive it.
 
 Read by the nvidia_pci_devices module (preflight's GPU facts) and the nvidia_decisions filters (driver choice).
+nvidia_pci() reads the NVIDIA devices from sysfs, for that module and llm_host_state (standard library only).
 Memory is nvidia-smi's total in MiB; the driver's own report (nvidia_driver) replaces it once the driver runs.
 Sources:
 - device ids and names: NVIDIA/open-gpu-kernel-modules README.md, "Compatible GPUs", at tag 595.45.04 (commit
@@ -15,7 +16,10 @@ Sources:
 """
 from __future__ import annotations
 
+import os
 from typing import Any
+
+NVIDIA_VENDOR = "10de"
 
 # device id: (model name, architecture, compute capability, memory MiB)
 _ROWS: dict[str, tuple[str, str, str, int]] = {
@@ -62,3 +66,32 @@ def describe(device_id: str) -> dict[str, Any]:
     info["min_driver_branch"] = needs["min_branch"]
     info["open_modules_only"] = needs["open_only"]
     return info
+
+
+def _attr(device_dir: str, name: str) -> str:
+    try:
+        with open(os.path.join(device_dir, name), encoding="ascii") as handle:
+            return handle.read().strip().lower().removeprefix("0x")
+    except OSError:
+        return ""
+
+
+def nvidia_pci(sysfs_root: str) -> list[dict[str, str]]:
+    """Every NVIDIA (vendor 0x10de) device under <sysfs_root>/bus/pci/devices, by address: its device id and PCI
+    class (hex without 0x, "" where unreadable) and the driver bound to it ("" for none). Works without lspci and
+    without any NVIDIA driver loaded."""
+    base = os.path.join(sysfs_root, "bus", "pci", "devices")
+    if not os.path.isdir(base):
+        return []
+    found = []
+    for address in sorted(os.listdir(base)):
+        device_dir = os.path.join(base, address)
+        if _attr(device_dir, "vendor") != NVIDIA_VENDOR:
+            continue
+        try:
+            driver = os.path.basename(os.readlink(os.path.join(device_dir, "driver")))
+        except OSError:  # no driver bound (or unbound while read)
+            driver = ""
+        found.append({"pci_address": address, "device_id": _attr(device_dir, "device"),
+                      "class": _attr(device_dir, "class"), "driver": driver})
+    return found

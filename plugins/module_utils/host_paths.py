@@ -1,13 +1,16 @@
-"""Reading a file on the host that should be a regular file, safely (standard library only; runs on the target).
+"""Reading a file on the host that should be a regular file, safely, and replacing one atomically (standard library
+only; runs on the target).
 
-Used by host_files (the file it is about to replace, for the comparison and the diff) and llm_host_lock (the lock
-file): a symbolic link is never followed (it would show another file, perhaps a root-only one, as this one's
-content) and a FIFO is never waited on (opening one for reading blocks until a writer comes).
+Reading is used by host_files (the file it is about to replace, for the comparison and the diff) and llm_host_lock
+(the lock file): a symbolic link is never followed (it would show another file, perhaps a root-only one, as this
+one's content) and a FIFO is never waited on (opening one for reading blocks until a writer comes). Replacing is used
+by llm_host_lock (the lock) and llm_host_state (the host's record).
 """
 from __future__ import annotations
 
 import errno
 import os
+import secrets
 import stat
 
 KINDS = ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO"),
@@ -51,3 +54,33 @@ def read_regular(path: str, dir_fd: int | None = None) -> tuple[bytes, os.stat_r
     finally:
         os.close(fd)
     return b"".join(chunks), info
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of `data` to `fd` and sync it."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fsync(fd)
+
+
+def replace_file(dir_fd: int, name: str, data: bytes) -> None:
+    """Replace `name` in the directory `dir_fd` atomically, mode 0600: a temporary file beside it, synced, renamed
+    over it, and the directory synced (a reader sees the old file or the new one, never a part)."""
+    tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
+    try:
+        os.fchmod(fd, 0o600)
+        write_all(fd, data)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except FileNotFoundError:
+            pass
+        raise
+    os.fsync(dir_fd)

@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from ansible_collections.llm_endpoints.core.plugins.module_utils.gpu_table import nvidia_pci
 from ansible_collections.llm_endpoints.core.plugins.module_utils.host_paths import NotRegularFile, read_regular
 
 FORMAT = 1
@@ -155,18 +156,8 @@ def os_identity() -> dict[str, str]:
 
 def nvidia_devices(sysfs_root: str) -> list[str]:
     """The NVIDIA PCI devices (address and device id) the host's sysfs lists."""
-    base = os.path.join(sysfs_root, "bus/pci/devices")
-    found = []
-    for address in sorted(os.listdir(base)) if os.path.isdir(base) else []:
-        try:
-            with open(os.path.join(base, address, "vendor"), encoding="ascii") as handle:
-                if handle.read().strip().lower() != "0x10de":
-                    continue
-            with open(os.path.join(base, address, "device"), encoding="ascii") as handle:
-                found.append(f"{address} {handle.read().strip().lower()}")
-        except OSError:
-            continue
-    return found
+    return [f"{device['pci_address']} 0x{device['device_id']}" for device in nvidia_pci(sysfs_root)
+            if device["device_id"]]
 
 
 def health(urls: list[str]) -> dict[str, str]:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import os
 import pwd
-import secrets
 import stat
 import time
 from collections.abc import Iterator
@@ -21,7 +20,13 @@ from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.llm_endpoints.core.plugins.module_utils.host_lock import TASK_ARGS, problems, same_run
-from ansible_collections.llm_endpoints.core.plugins.module_utils.host_paths import NotRegularFile, kind_of, read_regular
+from ansible_collections.llm_endpoints.core.plugins.module_utils.host_paths import (
+    NotRegularFile,
+    kind_of,
+    read_regular,
+    replace_file,
+    write_all,
+)
 
 DOCUMENTATION = r"""
 module: llm_host_lock
@@ -315,13 +320,6 @@ def new_record(holder: dict[str, Any], label: str) -> bytes:
     return (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
 
 
-def write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
-    os.fsync(fd)
-
-
 def create_lock(dir_fd: int, name: str, data: bytes) -> None:
     """Create the lock; FileExistsError when there is one (the guard makes that a race lost to nobody)."""
     fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
@@ -333,27 +331,6 @@ def create_lock(dir_fd: int, name: str, data: bytes) -> None:
         os.unlink(name, dir_fd=dir_fd)
         raise
     os.close(fd)
-    os.fsync(dir_fd)
-
-
-def replace_lock(dir_fd: int, name: str, data: bytes) -> None:
-    """Replace the lock atomically: a temporary file beside it, renamed over it."""
-    tmp = f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dir_fd)
-    try:
-        os.fchmod(fd, 0o600)
-        write_all(fd, data)
-        os.close(fd)
-        fd = -1
-        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-    except BaseException:
-        if fd >= 0:
-            os.close(fd)
-        try:
-            os.unlink(tmp, dir_fd=dir_fd)
-        except FileNotFoundError:
-            pass
-        raise
     os.fsync(dir_fd)
 
 
@@ -372,7 +349,7 @@ def acquire(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
             assert dir_fd is not None
             data = new_record(holder, params["label"])
             create_lock(dir_fd, name, data)
-            replace_lock(dir_fd, last_name(name), data)
+            replace_file(dir_fd, last_name(name), data)
             return {"status": "acquired", "lock": json.loads(data), "msg": f"{path} taken"}
         record, digest = found
         if same_run(record, holder):
@@ -383,8 +360,8 @@ def acquire(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:
             return {"status": "busy", "lock": record, **foreign, "msg": f"{path} is held by another run"}
         assert dir_fd is not None
         data = new_record(holder, params["label"])
-        replace_lock(dir_fd, name, data)
-        replace_lock(dir_fd, last_name(name), data)
+        replace_file(dir_fd, name, data)
+        replace_file(dir_fd, last_name(name), data)
         return {"status": "taken_over", "lock": json.loads(data), **foreign, "msg": f"{path} taken over"}
 
 

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import time
 from typing import Any
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.llm_endpoints.core.plugins.module_utils.host_paths import replace_file
 from ansible_collections.llm_endpoints.core.plugins.module_utils.host_state import (
     FORMAT,
     REASONS_SHOWN,
@@ -177,19 +177,11 @@ def problems(params: dict[str, Any]) -> list[str]:
 def write_record(path: str, record: dict[str, Any]) -> None:
     directory = os.path.dirname(path)
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, sort_keys=True)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        replace_file(dir_fd, os.path.basename(path), (json.dumps(record, sort_keys=True) + "\n").encode("utf-8"))
+    finally:
+        os.close(dir_fd)
 
 
 def record(params: dict[str, Any], check_mode: bool) -> dict[str, Any]:

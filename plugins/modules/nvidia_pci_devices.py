@@ -2,10 +2,8 @@
 """List NVIDIA display controllers from sysfs (read-only; standard library only)."""
 from __future__ import annotations
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule
-from ansible_collections.llm_endpoints.core.plugins.module_utils.gpu_table import describe
+from ansible_collections.llm_endpoints.core.plugins.module_utils.gpu_table import NVIDIA_VENDOR, describe, nvidia_pci
 
 DOCUMENTATION = r"""
 module: nvidia_pci_devices
@@ -48,39 +46,10 @@ gpus:
             "open_modules_only": true}]
 """
 
-NVIDIA_VENDOR = "10de"
-
-
-def read_attr(device_dir: str, name: str) -> str:
-    try:
-        with open(os.path.join(device_dir, name), encoding="ascii") as handle:
-            return handle.read().strip().lower().removeprefix("0x")
-    except OSError:
-        return ""
-
-
 def list_nvidia_gpus(sysfs_root: str) -> list[dict[str, str]]:
-    base = os.path.join(sysfs_root, "bus", "pci", "devices")
-    if not os.path.isdir(base):
-        return []
-    gpus = []
-    for address in sorted(os.listdir(base)):
-        device_dir = os.path.join(base, address)
-        pci_class = read_attr(device_dir, "class")
-        if read_attr(device_dir, "vendor") != NVIDIA_VENDOR or not pci_class.startswith("03"):
-            continue
-        driver_link = os.path.join(device_dir, "driver")
-        driver = os.path.basename(os.readlink(driver_link)) if os.path.islink(driver_link) else ""
-        device_id = read_attr(device_dir, "device")
-        gpus.append({
-            "pci_address": address,
-            "vendor_id": NVIDIA_VENDOR,
-            "device_id": device_id,
-            "class": pci_class,
-            "driver": driver,
-            **describe(device_id),
-        })
-    return gpus
+    return [{"pci_address": device["pci_address"], "vendor_id": NVIDIA_VENDOR, "device_id": device["device_id"],
+             "class": device["class"], "driver": device["driver"], **describe(device["device_id"])}
+            for device in nvidia_pci(sysfs_root) if device["class"].startswith("03")]
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from llm_fixture import run_playbook
+from llm_fixture import Cases, run_cases, run_playbook
 
 SOURCES = Path("/etc/apt/sources.list.d/nvidia-cuda.sources")
 
@@ -17,16 +17,12 @@ def fixture_sysfs(root: Path, device: str = "2b85") -> Path:
     return root / "sysfs"
 
 
-def run(tmp_path: Path, **extra: object) -> str:
-    variables = {"preflight_sysfs_root": str(fixture_sysfs(tmp_path)), "preflight_min_memory_mb": 512,
-                 "preflight_min_disk_gb": 1, **extra}
-    result = run_playbook(tmp_path, "gpu_inputs.yml", variables)
-    assert result.rc != 0, result.output[-2000:]
-    assert not SOURCES.exists(), "a repository was configured although the inputs were bad"
-    return result.output
+def variables(root: Path) -> dict:
+    return {"preflight_sysfs_root": str(fixture_sysfs(root)), "preflight_min_memory_mb": 512,
+            "preflight_min_disk_gb": 1}
 
 
-@pytest.mark.parametrize(("extra", "message"), [
+BAD_INPUTS = [
     ({"nvidia_driver_flavor": "proprietary"},
      "nvidia_driver_flavor=proprietary cannot drive blackwell GPUs: they need the open kernel modules"),
     ({"nvidia_driver_branch": "565"},
@@ -40,35 +36,45 @@ def run(tmp_path: Path, **extra: object) -> str:
      "no NVIDIA driver is running. nvidia_driver_provider is preinstalled, so nothing was installed"),
     ({"cuda_toolkit_enabled": True, "cuda_toolkit_version": "12.8.1"},
      'cuda_toolkit_version must look like 12.8; got "12.8.1".'),
-    ({"preflight_secure_boot": "enabled"},
-     "Secure Boot is enabled on localhost: the NVIDIA kernel module will only load once its"),
     ({"nvidia_driver_reboot": True, "nvidia_driver_reboot_tasks": "my-reboot.yml"},
      'nvidia_driver_reboot_tasks must be reboot-now.yml or an absolute path to a .yml file; got "my-reboot.yml". '
      "Nothing was changed, drained or rebooted."),
-])
-def test_bad_driver_inputs_fail_before_any_change(tmp_path: Path, extra: dict, message: str) -> None:
-    output = run(tmp_path, **extra)
+    # Variables renamed in 0.2.0 fail naming their new names.
+    ({"nvidia_driver_repo_url": "http://mirror.example/cuda"}, "nvidia_driver_repo_url is now nvidia_cuda_repo_url"),
+    ({"nvidia_driver_repo_key_url": "http://mirror.example/cuda"},
+     "nvidia_driver_repo_key_url is now nvidia_cuda_repo_key_url"),
+    ({"nvidia_driver_boot_config": False}, "nvidia_driver_boot_config is now llm_host_boot_loader"),
+    # The driver role alone, as a playbook that forgot preflight would run it.
+    ({"gpu_inputs_without_preflight": True},
+     "missing required arguments: preflight_gpu_mode, preflight_nvidia_driver_requirements, preflight_secure_boot"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(tmp_path_factory: pytest.TempPathFactory) -> Cases:
+    """Every case of BAD_INPUTS as one host of one run (host case-<index>), on one fixture sysfs."""
+    work = tmp_path_factory.mktemp("gpu-inputs")
+    shared = variables(work)
+    runs = run_cases(work, "gpu_inputs.yml", {f"case-{i}": {**shared, **extra} for i, (extra, _) in
+                                              enumerate(BAD_INPUTS)})
+    assert not SOURCES.exists(), "a repository was configured although the inputs were bad"
+    return runs
+
+
+@pytest.mark.parametrize(("index", "message"), [(i, message) for i, (_, message) in enumerate(BAD_INPUTS)])
+def test_bad_driver_inputs_fail_before_any_change(bad_input_runs: Cases, index: int, message: str) -> None:
+    output = bad_input_runs.hosts[f"case-{index}"]
+    assert f"case-{index}" in bad_input_runs.failed, output[-3000:]
     assert message in output, output[-3000:]
 
 
-@pytest.mark.parametrize(("old", "new"), [
-    ("nvidia_driver_repo_url", "nvidia_cuda_repo_url"),
-    ("nvidia_driver_repo_key_url", "nvidia_cuda_repo_key_url"),
-    ("nvidia_driver_boot_config", "llm_host_boot_loader"),
-])
-def test_a_variable_renamed_in_0_2_0_fails_naming_its_new_name(tmp_path: Path, old: str, new: str) -> None:
-    output = run(tmp_path, **{old: "http://mirror.example/cuda" if old.endswith("url") else False})
-    assert f"{old} is now {new}" in output, output[-3000:]
-
-
-def test_driver_without_the_facts_of_preflight_fails_naming_them(tmp_path: Path) -> None:
-    output = run(tmp_path, gpu_inputs_without_preflight=True)
-    assert ("missing required arguments: preflight_gpu_mode, preflight_nvidia_driver_requirements, "
-            "preflight_secure_boot") in output, output[-3000:]
-
-
 def test_secure_boot_message_gives_console_steps_and_the_variable(tmp_path: Path) -> None:
-    output = run(tmp_path, preflight_secure_boot="enabled")
+    # Its own run: preflight sets preflight_secure_boot as a fact, which only an extra variable overrides.
+    result = run_playbook(tmp_path, "gpu_inputs.yml", {**variables(tmp_path), "preflight_secure_boot": "enabled"})
+    assert result.rc != 0, result.output[-2000:]
+    assert not SOURCES.exists(), "a repository was configured although the inputs were bad"
+    output = result.output
+    assert "Secure Boot is enabled on localhost: the NVIDIA kernel module will only load once its" in output
     # NVIDIA's packages build with DKMS, which signs with its own key (not akmods').
     assert "signing key (DKMS's key, /var/lib/dkms/mok.pub)" in output
     # The test machine is Debian 12, whose dkms 3.0.10 has no generate_mok: the key is made with openssl there.

@@ -26,28 +26,69 @@ H100 = {"pci_address": "0000:41:00.0", "vendor_id": "10de", "device_id": "2330",
 API_KEY = "render-test-api-key"
 REVISION = "6cee5e81ee83917806bbde320786a8fb61efebee"  # the commit the role pins for openai/gpt-oss-20b
 HF_TOKEN = "hf_render_test_token"
+REDIS = "registry.example.com:5000/cache/redis:7.2@sha256:" + "a" * 64
 
 
-def render(tmp_path: Path, gpu: dict, **extra: object) -> tuple[dict, str, Path]:
-    stack = tmp_path / "stack"
-    stack.mkdir()
-    variables = {"llm_stack_engine": "vllm", "llm_stack_dir": str(stack), "preflight_gpu_mode": "nvidia",
-                 "preflight_nvidia_gpus": [gpu], "llm_stack_served_model_name": "openai/gpt-oss-20b",
-                 "llm_stack_api_key": API_KEY, "llm_stack_hf_token": HF_TOKEN, **extra}
-    run = run_playbook(tmp_path, "render_stack.yml", variables)
-    assert run.rc == 0, run.output[-4000:]
-    compose = stack / "docker-compose.yml"
-    config = subprocess.run(["docker", "compose", "--project-directory", str(stack), "-f", str(compose), "config",
-                             "--format", "json"], capture_output=True, text=True, check=True)
-    return json.loads(config.stdout)["services"]["engine"], run.output, stack
+# The renders that pass, one case each, all in one run (llm_fixture.run_cases: Ansible's start-up and the facts are
+# paid once): the case's variables over render()'s. WORK is the run's directory.
+RENDERS: dict[str, dict] = {
+    "rtx-5090": {},
+    "h100": {"preflight_nvidia_gpus": [H100, {**H100, "pci_address": "0000:42:00.0"}], "llm_stack_gpu_devices": [0, 1],
+             "llm_stack_vllm_max_model_len": 131072},
+    "cdi-local-model": {"llm_stack_gpu_cdi": True, "llm_stack_vllm_extra_args": ["--max-num-seqs", "64"],
+                        "llm_stack_vllm_model_source": "local", "llm_stack_vllm_model_path": "WORK/weights"},
+    "vllm-0.10.2": {"llm_stack_vllm_version": "v0.10.2"},
+    "beyond-kv-cache": {"llm_stack_vllm_max_model_len": 131072, "llm_stack_vllm_expected_concurrency": 8},
+    "async-0.11.0": {"llm_stack_vllm_async_scheduling": True, "llm_stack_vllm_max_num_batched_tokens": 8192,
+                     "llm_stack_vllm_model_revision": "main"},
+    "async-0.11.1": {"llm_stack_vllm_async_scheduling": True, "llm_stack_vllm_version": "v0.11.1"},
+    "llamacpp-cuda": {"llm_stack_engine": "llamacpp_cuda"},
+    "sglang": {"llm_stack_engine": "sglang"},
+    "sglang-qwen": {"llm_stack_engine": "sglang", "llm_stack_sglang_model": "Qwen/Qwen3-8B", "llm_stack_api_key": ""},
+    "gpu-uuids": {"llm_stack_gpu_devices": ["GPU-UUID", "0"], "llm_stack_gpu_cdi": True},
+    "ipv6-digest": {"llm_stack_bind_address": "[::1]",
+                    "llm_stack_extra_services": [{"name": "cache", "definition": {"image": "REDIS"}}]},
+}
+
+
+@pytest.fixture(scope="module")
+def renders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Cases, Path]:
+    work = tmp_path_factory.mktemp("renders")
+    weights = work / "weights"  # a model directory on the host passes the check (its config file is there)
+    weights.mkdir()
+    (weights / "config.json").write_text("{}")
+    cases = {}
+    for name, extra in RENDERS.items():
+        stack = work / name / "stack"
+        stack.mkdir(parents=True)
+        extra = json.loads(json.dumps(extra).replace("WORK", str(work)).replace("GPU-UUID", UUID)
+                           .replace("REDIS", REDIS))
+        cases[name] = {"llm_stack_engine": "vllm", "llm_stack_dir": str(stack), "preflight_gpu_mode": "nvidia",
+                       "preflight_nvidia_gpus": [RTX_5090], "llm_stack_served_model_name": "openai/gpt-oss-20b",
+                       "llm_stack_api_key": API_KEY, "llm_stack_hf_token": HF_TOKEN, **extra}
+    runs = run_cases(work, "render_cases.yml", cases)
+    failed = {host: runs.hosts[host][-2000:] for host in runs.failed}
+    assert runs.rc == 0 and not failed, failed or runs.output[-4000:]
+    return runs, work
+
+
+def rendered(renders: tuple[Cases, Path], name: str) -> tuple[dict, str, Path]:
+    """One case of the batch: its engine service as `docker compose config` gives it, its lines of the output, its
+    compose project directory."""
+    runs, work = renders
+    stack = work / name / "stack"
+    config = subprocess.run(["docker", "compose", "--project-directory", str(stack), "-f",
+                             str(stack / "docker-compose.yml"), "config", "--format", "json"],
+                            capture_output=True, text=True, check=True)
+    return json.loads(config.stdout)["services"]["engine"], runs.hosts[name], stack
 
 
 def arg(command: list[str], flag: str) -> str:
     return command[command.index(flag) + 1]
 
 
-def test_vllm_on_rtx_5090_carries_every_lever(tmp_path: Path) -> None:
-    engine, output, stack = render(tmp_path, RTX_5090)
+def test_vllm_on_rtx_5090_carries_every_lever(renders: tuple[Cases, Path]) -> None:
+    engine, output, stack = rendered(renders, "rtx-5090")
     cmd = engine["command"]
     assert engine["image"] == "vllm/vllm-openai:v0.11.0"
     assert arg(cmd, "--model") == "openai/gpt-oss-20b"
@@ -82,7 +123,8 @@ def test_vllm_on_rtx_5090_carries_every_lever(tmp_path: Path) -> None:
     text = (stack / "docker-compose.yml").read_text()
     assert API_KEY not in text and HF_TOKEN not in text
     assert stat.S_IMODE((stack / "engine.env").stat().st_mode) == 0o600
-    assert API_KEY not in output and HF_TOKEN not in output
+    # Nowhere in the run: not in this case's lines nor in any other's (each case has the same key and token).
+    assert API_KEY not in renders[0].output and HF_TOKEN not in renders[0].output
     # The capacity plan for the seed's box: vLLM 0.11 reported 13.75 GiB = 300,288 tokens there, and prints
     # 17.18x for 32768-token requests with its default of 2048 batched tokens on a GPU under 70 GiB.
     plan = re.search(r"KV cache ([\d.]+) GiB = (\d+) tokens \((\d+) blocks", output)
@@ -92,10 +134,8 @@ def test_vllm_on_rtx_5090_carries_every_lever(tmp_path: Path) -> None:
     assert "Maximum concurrency for 32,768 tokens per request: 17.18x" in output
 
 
-def test_vllm_on_h100_leaves_attention_to_vllm_and_selects_gpus(tmp_path: Path) -> None:
-    two_h100 = [H100, {**H100, "pci_address": "0000:42:00.0"}]
-    engine, output, _ = render(tmp_path, H100, preflight_nvidia_gpus=two_h100, llm_stack_gpu_devices=[0, 1],
-                               llm_stack_vllm_max_model_len=131072)
+def test_vllm_on_h100_leaves_attention_to_vllm_and_selects_gpus(renders: tuple[Cases, Path]) -> None:
+    engine, output, _ = rendered(renders, "h100")
     assert "max_num_batched_tokens 8192 (vLLM's default for this GPU)" in output  # 70 GiB or more, not an A100
     assert "VLLM_ATTENTION_BACKEND" not in engine["environment"]
     assert engine["deploy"]["resources"]["reservations"]["devices"] == [
@@ -103,13 +143,9 @@ def test_vllm_on_h100_leaves_attention_to_vllm_and_selects_gpus(tmp_path: Path) 
     assert arg(engine["command"], "--max-model-len") == "131072"
 
 
-def test_cdi_device_names_extra_args_and_a_local_model(tmp_path: Path) -> None:
-    weights = tmp_path / "weights"  # a model directory on the host passes the check (its config file is there)
-    weights.mkdir()
-    (weights / "config.json").write_text("{}")
-    engine, _, _ = render(tmp_path, RTX_5090, llm_stack_gpu_cdi=True,
-                          llm_stack_vllm_extra_args=["--max-num-seqs", "64"],
-                          llm_stack_vllm_model_source="local", llm_stack_vllm_model_path=str(weights))
+def test_cdi_device_names_extra_args_and_a_local_model(renders: tuple[Cases, Path]) -> None:
+    weights = renders[1] / "weights"
+    engine, _, _ = rendered(renders, "cdi-local-model")
     assert engine["devices"] == [{"source": "nvidia.com/gpu=all", "target": "nvidia.com/gpu=all",
                                   "permissions": "rwm"}]
     assert "deploy" not in engine
@@ -119,22 +155,21 @@ def test_cdi_device_names_extra_args_and_a_local_model(tmp_path: Path) -> None:
     assert (model["source"], model["read_only"]) == (str(weights), True)
 
 
-def test_older_vllm_gets_the_older_backend_name(tmp_path: Path) -> None:
-    engine, _, _ = render(tmp_path, RTX_5090, llm_stack_vllm_version="v0.10.2")
+def test_older_vllm_gets_the_older_backend_name(renders: tuple[Cases, Path]) -> None:
+    engine, _, _ = rendered(renders, "vllm-0.10.2")
     assert engine["environment"]["VLLM_ATTENTION_BACKEND"] == "TRITON_ATTN_VLLM_V1"
 
 
-def test_load_beyond_the_kv_cache_warns(tmp_path: Path) -> None:
-    _, output, _ = render(tmp_path, RTX_5090, llm_stack_vllm_max_model_len=131072,
-                          llm_stack_vllm_expected_concurrency=8)
-    assert "[WARNING]" in output
-    assert "8 concurrent requests x llm_stack_vllm_max_model_len 131072" in output
+def test_load_beyond_the_kv_cache_warns(renders: tuple[Cases, Path]) -> None:
+    _, output, _ = rendered(renders, "beyond-kv-cache")
+    # Each warning names its host: Ansible prints a warning's text once per run, so two hosts' alike would be one.
+    assert "[WARNING]: beyond-kv-cache: 8 concurrent requests x llm_stack_vllm_max_model_len 131072" in \
+        " ".join(output.split())
     assert "vLLM 0.11 holds 4.51 such requests at once" in output
 
 
-def test_async_scheduling_batch_tokens_and_revision_are_selectable(tmp_path: Path) -> None:
-    engine, output, _ = render(tmp_path, RTX_5090, llm_stack_vllm_async_scheduling=True,
-                               llm_stack_vllm_max_num_batched_tokens=8192, llm_stack_vllm_model_revision="main")
+def test_async_scheduling_batch_tokens_and_revision_are_selectable(renders: tuple[Cases, Path]) -> None:
+    engine, output, _ = rendered(renders, "async-0.11.0")
     cmd = engine["command"]
     assert "--async-scheduling" in cmd
     assert arg(cmd, "--max-num-batched-tokens") == "8192"
@@ -145,15 +180,14 @@ def test_async_scheduling_batch_tokens_and_revision_are_selectable(tmp_path: Pat
     assert "Maximum concurrency for 32,768 tokens per request: 14.61x" in output
 
 
-def test_async_scheduling_on_vllm_0_11_1_is_not_warned_about(tmp_path: Path) -> None:
-    engine, output, _ = render(tmp_path, RTX_5090, llm_stack_vllm_async_scheduling=True,
-                               llm_stack_vllm_version="v0.11.1")
+def test_async_scheduling_on_vllm_0_11_1_is_not_warned_about(renders: tuple[Cases, Path]) -> None:
+    engine, output, _ = rendered(renders, "async-0.11.1")
     assert "--async-scheduling" in engine["command"]
     assert "llm_stack_vllm_async_scheduling is true" not in output
 
 
-def test_llamacpp_cuda_profile(tmp_path: Path) -> None:
-    engine, _, stack = render(tmp_path, RTX_5090, llm_stack_engine="llamacpp_cuda")
+def test_llamacpp_cuda_profile(renders: tuple[Cases, Path]) -> None:
+    engine, _, stack = rendered(renders, "llamacpp-cuda")
     cmd = engine["command"]
     assert engine["image"] == "ghcr.io/ggml-org/llama.cpp:server-cuda"
     assert arg(cmd, "--model") == "/models/gpt-oss-20b-mxfp4.gguf"
@@ -167,9 +201,9 @@ def test_llamacpp_cuda_profile(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def sglang(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path]:
-    """The sglang engine rendered once for the RTX 5090 host (its service and the stack directory)."""
-    engine, _, stack = render(tmp_path_factory.mktemp("sglang"), RTX_5090, llm_stack_engine="sglang")
+def sglang(renders: tuple[Cases, Path]) -> tuple[dict, Path]:
+    """The sglang engine rendered for the RTX 5090 host (its service and the stack directory)."""
+    engine, _, stack = rendered(renders, "sglang")
     return engine, stack
 
 
@@ -201,9 +235,8 @@ def test_sglang_profile_keeps_the_key_off_the_command_line(sglang: tuple[dict, P
     assert engine["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
 
 
-def test_sglang_takes_a_model_it_does_not_know_at_main_without_parsers(tmp_path: Path) -> None:
-    engine, _, _ = render(tmp_path, RTX_5090, llm_stack_engine="sglang", llm_stack_sglang_model="Qwen/Qwen3-8B",
-                          llm_stack_api_key="")
+def test_sglang_takes_a_model_it_does_not_know_at_main_without_parsers(renders: tuple[Cases, Path]) -> None:
+    engine, _, _ = rendered(renders, "sglang-qwen")
     cmd = engine["command"]
     assert (arg(cmd, "--model-path"), arg(cmd, "--revision")) == ("Qwen/Qwen3-8B", "main")
     assert "--reasoning-parser" not in cmd and "--tool-call-parser" not in cmd
@@ -490,14 +523,13 @@ def test_a_line_break_in_the_api_key_fails_and_the_env_file_is_never_written(tmp
     assert "render-test-key" not in run.output and "INJECTED" not in run.output
 
 
-def test_gpu_uuids_and_indexes_below_the_gpu_count_pass(tmp_path: Path) -> None:
-    engine, _, _ = render(tmp_path, RTX_5090, llm_stack_gpu_devices=[UUID, "0"], llm_stack_gpu_cdi=True)
+def test_gpu_uuids_and_indexes_below_the_gpu_count_pass(renders: tuple[Cases, Path]) -> None:
+    engine, _, _ = rendered(renders, "gpu-uuids")
     assert [d["source"] for d in engine["devices"]] == [f"nvidia.com/gpu={UUID}", "nvidia.com/gpu=0"]
 
 
-def test_ipv6_bind_address_in_brackets_and_extra_service_image_with_digest_pass(tmp_path: Path) -> None:
-    redis = "registry.example.com:5000/cache/redis:7.2@sha256:" + "a" * 64
-    engine, _, stack = render(tmp_path, RTX_5090, llm_stack_bind_address="[::1]",
-                              llm_stack_extra_services=[{"name": "cache", "definition": {"image": redis}}])
+def test_ipv6_bind_address_in_brackets_and_extra_service_image_with_digest_pass(
+        renders: tuple[Cases, Path]) -> None:
+    engine, _, stack = rendered(renders, "ipv6-digest")
     assert engine["ports"][0]["host_ip"] == "::1"
-    assert f"image: {redis}" in (stack / "docker-compose.yml").read_text()
+    assert f"image: {REDIS}" in (stack / "docker-compose.yml").read_text()

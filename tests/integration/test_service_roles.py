@@ -41,6 +41,9 @@ CASES = [
      SHAPE.format("llm_stack_extra_services", 'keys ["name", "definition"], name "engine", definition keys ["image"]')),
     ({"sim_services_value": [], "llm_stack_extra_services": [CACHE, CACHE]},
      'llm_stack_extra_services[cache]: another added service has the name "cache"'),
+    # A string is read by the argument spec as a list of one k=v mapping, and refused by it.
+    ({"sim_services_value": [], "llm_stack_extra_services": "name=cache"},
+     "missing required arguments: definition found in llm_stack_extra_services"),
 ]
 GOOD = {"sim_services_value": [CACHE],
         "llm_stack_extra_services": [{"name": "proxy", "definition": {"image": "haproxy:3.2"}}]}
