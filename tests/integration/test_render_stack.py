@@ -66,7 +66,7 @@ def renders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Cases, Path]:
         cases[name] = {"llm_stack_engine": "vllm", "llm_stack_dir": str(stack), "preflight_gpu_mode": "nvidia",
                        "preflight_nvidia_gpus": [RTX_5090], "llm_stack_served_model_name": "openai/gpt-oss-20b",
                        "llm_stack_api_key": API_KEY, "llm_stack_hf_token": HF_TOKEN, **extra}
-    runs = run_cases(work, "render_cases.yml", cases)
+    runs = run_cases(work, "render_apps.yml", cases)
     failed = {host: runs.hosts[host][-2000:] for host in runs.failed}
     assert runs.rc == 0 and not failed, failed or runs.output[-4000:]
     return runs, work
